@@ -1,0 +1,47 @@
+# ProdSegmenter: `make demo` and `make test` install what they need, idempotently, then run.
+#
+# Two environments: .venv (the project: gateway, clients, training, tests) and .venv-triton (the
+# embedded Triton server and its python backend, which needs numpy < 2: see ../shared/NOTES.md).
+
+PYTHON ?= python3
+VENV := .venv
+TRITON_VENV := .venv-triton
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: install demo test test-fast lint serve clean
+
+install: $(VENV)/.installed $(TRITON_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProdSegmenter needs Python 3.11, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) pip==25.3
+	# torch is pinned by the constraints file: unpinned, pip would pull several GB of CUDA wheels.
+	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/constraints.txt -e '.[training,dev]'
+	touch $@
+
+$(TRITON_VENV)/.installed: requirements/triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) pip==25.3
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) -r requirements/triton.txt
+	touch $@
+
+demo: install
+	$(VENV)/bin/prodseg demo
+
+serve: install
+	$(VENV)/bin/prodseg serve
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/python -m pytest -q -ra
+
+# Everything but the tests that start Triton or train (seconds instead of minutes).
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not triton and not slow"
+
+clean:
+	rm -rf out .pytest_cache

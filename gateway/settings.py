@@ -1,0 +1,26 @@
+"""Gateway settings, from ``PRODSEG_*`` environment variables (the Helm chart sets the same names)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PRODSEG_{name}", default)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_grpc_url: str = field(default_factory=lambda: _env("TRITON_GRPC_URL", "127.0.0.1:8001"))
+    data_dir: Path = field(default_factory=lambda: Path(_env("GATEWAY_DATA_DIR", "out/gateway")))
+    max_upload_bytes: int = field(default_factory=lambda: int(_env("MAX_UPLOAD_BYTES", str(512 << 20))))
+    max_image_bytes: int = field(default_factory=lambda: int(_env("MAX_IMAGE_BYTES", str(20 << 20))))
+    # Requests kept in flight to Triton per job, and frames per request: together they let Triton's
+    # dynamic batcher form batches while decode and encode overlap with inference.
+    max_in_flight: int = field(default_factory=lambda: int(_env("MAX_IN_FLIGHT", "4")))
+    frames_per_request: int = field(default_factory=lambda: int(_env("FRAMES_PER_REQUEST", "1")))
+    chunk_frames: int = field(default_factory=lambda: int(_env("CHUNK_FRAMES", "8")))
+    max_concurrent_jobs: int = field(default_factory=lambda: int(_env("MAX_CONCURRENT_JOBS", "2")))
+    keep_finished_jobs: int = field(default_factory=lambda: int(_env("KEEP_FINISHED_JOBS", "50")))

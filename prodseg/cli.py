@@ -1,0 +1,243 @@
+"""``prodseg``: the command line of ProdSegmenter.
+
+Heavy imports (torch, the gateway, PyAV) happen inside the commands that need them, so ``--help``
+is instant and serving commands never load training code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="ProdSegmenter: segment products on grocery-shelf video with NVIDIA Triton.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+synth_app = typer.Typer(
+    help="Generate procedural shelf scenes with exact ground-truth masks.", no_args_is_help=True
+)
+app.add_typer(synth_app, name="synth")
+console = Console(stderr=True)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def serve(
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    gateway_port: int = 8080,
+    config_name: Annotated[str, typer.Option(help="configs/<name>.pbtxt to serve the models with")] = "cpu",
+    repository: Annotated[
+        Path | None, typer.Option(help="model repository (default: this checkout's)")
+    ] = None,
+) -> None:
+    """Run the embedded stack in the foreground: Triton + gateway on 127.0.0.1. Ctrl-C stops both."""
+    from clients.contract import default_repository
+    from prodseg.stack import EmbeddedStack
+    from prodseg.triton_server import TritonServer
+
+    triton = TritonServer(
+        repository=repository or default_repository(),
+        config_name=config_name,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+    )
+    with console.status("Starting Triton and the gateway"):
+        stack = EmbeddedStack(triton, gateway_port).start()
+    try:
+        console.print(
+            f"Triton   HTTP http://{triton.http_url}  gRPC {triton.grpc_url}  metrics {triton.metrics_url}"
+        )
+        console.print(f"Gateway  {stack.gateway.url}  (API docs at {stack.gateway.url}/docs)")
+        console.print("Ctrl-C to stop.")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        console.print("Stopping.")
+        stack.stop()
+
+
+@app.command()
+def segment(
+    input_path: Annotated[Path, typer.Argument(help="a video (mp4, mkv, ...) or an image (png, jpg, ...)")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="overlay video (.mp4) or mask/overlay image")
+    ],
+    masks: Annotated[Path | None, typer.Option(help="also write per-frame class masks (zip of PNGs)")] = None,
+    triton: Annotated[str, typer.Option(help="Triton gRPC address")] = "127.0.0.1:8001",
+    gateway: Annotated[str | None, typer.Option(help="use the gateway at this URL instead of Triton")] = None,
+    overlay: Annotated[bool, typer.Option(help="for images: write the overlay instead of class ids")] = False,
+    in_flight: Annotated[int, typer.Option(help="requests kept in flight to Triton")] = 4,
+) -> None:
+    """Segment a video or an image, straight to Triton over gRPC or through the gateway."""
+    if not input_path.is_file():
+        raise fail(f"{input_path} does not exist or is not a file")
+    is_image = input_path.suffix.lower() in IMAGE_SUFFIXES
+    if gateway:
+        from prodseg.remote import segment_via_gateway
+
+        segment_via_gateway(gateway, input_path, output, masks, is_image, overlay, console)
+    elif is_image:
+        _segment_image(input_path, output, triton, overlay)
+    else:
+        _segment_video(input_path, output, masks, triton, in_flight)
+
+
+def _segment_image(input_path: Path, output: Path, triton: str, overlay: bool) -> None:
+    import cv2
+
+    from clients.masks import encode_mask_png
+    from clients.overlay import OverlayPainter
+    from clients.triton_client import SegmentationError, TritonSegmenter
+
+    bgr = cv2.imread(str(input_path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise fail(f"{input_path} is not a decodable image")
+    frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    async def run():
+        async with TritonSegmenter(triton) as segmenter:
+            return await anext(segmenter.segment([frame])), segmenter.contract
+
+    try:
+        result, contract = asyncio.run(run())
+    except (SegmentationError, ConnectionError) as error:
+        raise fail(str(error)) from error
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if overlay:
+        cv2.imwrite(
+            str(output), cv2.cvtColor(OverlayPainter(contract.labels)(frame, result.mask), cv2.COLOR_RGB2BGR)
+        )
+    else:
+        output.write_bytes(encode_mask_png(result.mask))
+    console.print(f"wrote {output} ({result.timings['infer'] * 1000:.1f} ms inference)")
+
+
+def _segment_video(input_path: Path, output: Path, masks: Path | None, triton: str, in_flight: int) -> None:
+    from rich.progress import Progress
+
+    from clients.pipeline import segment_video
+    from clients.triton_client import SegmentationError, TritonSegmenter
+    from clients.video import VideoError, probe
+
+    try:
+        total = probe(input_path).frames or None
+    except VideoError as error:
+        raise fail(f"{input_path}: {error}") from error
+
+    async def run():
+        async with TritonSegmenter(triton, max_in_flight=in_flight) as segmenter:
+            if not await segmenter.is_ready():
+                raise fail(f"Triton at {triton} is not ready (start it with `prodseg serve`)")
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("Segmenting", total=total)
+                return await segment_video(
+                    input_path,
+                    output,
+                    masks,
+                    segmenter,
+                    on_progress=lambda n: progress.update(task, completed=n),
+                )
+
+    try:
+        stats = asyncio.run(run())
+    except (SegmentationError, VideoError) as error:
+        raise fail(str(error)) from error
+    console.print(f"wrote {output}: {stats.frames} frames at {stats.fps:.1f} frames/s")
+
+
+@synth_app.command("video")
+def synth_video(
+    output: Annotated[Path, typer.Argument(help="the H.264 .mp4 to write")],
+    masks: Annotated[
+        Path | None, typer.Option(help="ground-truth masks zip (default: OUTPUT with _masks.zip)")
+    ] = None,
+    frames: int = 300,
+    seed: int = 7,
+    fps: float = 30.0,
+    height: int = 384,
+    width: int = 640,
+) -> None:
+    """Render a camera panning along a generated shelf, with per-frame ground-truth masks."""
+    from training.synth import write_pan_video
+
+    masks = masks or output.with_name(output.stem + "_masks.zip")
+    with console.status(f"Rendering {frames} frames"):
+        write_pan_video(output, masks, seed=seed, num_frames=frames, fps=fps, height=height, width=width)
+    console.print(f"wrote {output} and {masks}")
+
+
+@synth_app.command("images")
+def synth_images(
+    output_dir: Annotated[Path, typer.Argument(help="writes images/ and masks/ PNGs here")],
+    count: int = 100,
+    seed: int = 0,
+    height: int = 384,
+    width: int = 640,
+) -> None:
+    """Render shelf scenes as images/NNNNNN.png and masks/NNNNNN.png (class ids)."""
+    from training.synth import write_dataset
+
+    with console.status(f"Rendering {count} scenes"):
+        write_dataset(output_dir, count=count, seed=seed, height=height, width=width)
+    console.print(f"wrote {count} scenes to {output_dir}")
+
+
+@app.command()
+def model(
+    steps: Annotated[int | None, typer.Option(help="training steps (default: the default model's)")] = None,
+    scenes: Annotated[
+        int | None, typer.Option(help="training scenes to render (default: the default's)")
+    ] = None,
+    repository: Annotated[Path | None, typer.Option(help="model repository to publish into")] = None,
+) -> None:
+    """Train the small default model on generated shelves, export ONNX, check parity, publish a version.
+
+    With the defaults this reproduces the committed version 1 (same seeds, steps and data).
+    """
+    import dataclasses
+
+    from rich.progress import Progress
+
+    from training.default_model import DefaultModelConfig, build_default_model
+
+    config = DefaultModelConfig()
+    overrides = {"steps": steps, "train_scenes": scenes}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    with Progress(console=console) as progress:
+        version, card = build_default_model(config, repository, progress=progress)
+    miou = card["evaluation"]["miou"]
+    console.print(f"published shelf_segmenter version {version}: held-out mIoU {miou:.3f}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="where overlay.mp4 and report.json go")] = Path("out/demo"),
+    frames: int = 300,
+    seed: int = 7,
+) -> None:
+    """Segment a generated shelf video end to end on the embedded stack and report speed and mIoU."""
+    from prodseg.demo import run_demo
+
+    started = time.perf_counter()
+    run_demo(out, frames, seed, console)
+    console.print(f"demo finished in {time.perf_counter() - started:.1f} s; report in {out / 'report.json'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,119 @@
+"""The embedded stack: a real Triton server plus the gateway, on 127.0.0.1, stopped by PID.
+
+Used by ``prodseg serve``, ``prodseg demo`` and the tests. Each part is its own process, as in a
+cluster: the gateway talks to Triton over gRPC, users talk to the gateway over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prodseg.triton_server import PROJECT_ROOT, TritonServer, free_port, stop_process_group
+
+
+class GatewayStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class GatewayProcess:
+    triton_grpc_url: str
+    port: int = 0
+    data_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "out" / "gateway")
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 60.0
+    process: subprocess.Popen | None = field(default=None, init=False)
+    log_path: Path | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        self.port = self.port or free_port()
+        self.log_path = PROJECT_ROOT / "out" / "logs" / f"gateway-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = (
+            dict(os.environ)
+            | self.env
+            | {
+                "PRODSEG_TRITON_GRPC_URL": self.triton_grpc_url,
+                "PRODSEG_GATEWAY_DATA_DIR": str(self.data_dir),
+            }
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise GatewayStartError(f"gateway exited with {self.process.returncode}:\n{self._log_tail()}")
+            if _http_ok(f"{self.url}/readyz"):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise GatewayStartError(
+            f"gateway not ready after {self.startup_timeout_s:.0f} s:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        return (
+            "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:]) if self.log_path else ""
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_process_group(self.process, timeout_s)
+
+
+@dataclass
+class EmbeddedStack:
+    """Triton, then the gateway; stopped in reverse order, also when starting fails half-way."""
+
+    triton: TritonServer = field(default_factory=TritonServer)
+    gateway_port: int = 0
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway: GatewayProcess | None = field(default=None, init=False)
+
+    def start(self) -> EmbeddedStack:
+        self.triton.start()
+        try:
+            self.gateway = GatewayProcess(
+                self.triton.grpc_url, self.gateway_port, env=self.gateway_env
+            ).start()
+        except BaseException:
+            self.triton.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.triton.stop()
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False

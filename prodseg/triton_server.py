@@ -1,0 +1,214 @@
+"""The embedded Triton: NVIDIA's official ``tritonserver`` binary, run from the nvidia-pytriton wheel.
+
+Only the binary is used (not PyTriton's ``bind()`` proxies), so the project's real model repository
+is served exactly as the NGC image would serve it. The server runs in its own virtualenv
+(``.venv-triton``) because its python backend stub needs numpy < 2 (see shared NOTES), bound to
+127.0.0.1, with explicit model control, and is stopped by PID (its whole process group, which
+includes the python stubs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients.contract import MODEL_NAME, default_repository
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TritonStartError(RuntimeError):
+    """The server did not come up; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the server binary, its python backend and the stub's Python live."""
+
+    venv: Path
+    server_root: Path  # .../site-packages/pytriton/tritonserver
+    python_version: str  # "3.11": picks the matching backend stub
+    libpython_dir: Path
+
+    @classmethod
+    def find(cls, venv: Path | None = None) -> TritonInstall:
+        venv = Path(venv or os.environ.get("PRODSEG_TRITON_VENV", PROJECT_ROOT / ".venv-triton"))
+        python = venv / "bin" / "python"
+        if not python.exists():
+            raise TritonStartError(f"no Triton environment at {venv}: run `make install` first")
+        probe = (
+            "import json, sys, sysconfig, pytriton, pathlib;"
+            "print(json.dumps({'root': str(pathlib.Path(pytriton.__file__).parent / 'tritonserver'),"
+            "'version': f'{sys.version_info[0]}.{sys.version_info[1]}',"
+            "'libdir': sysconfig.get_config_var('LIBDIR')}))"
+        )
+        found = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True).stdout)
+        return cls(venv, Path(found["root"]), found["version"], Path(found["libdir"]))
+
+    @property
+    def binary(self) -> Path:
+        return self.server_root / "bin" / "tritonserver"
+
+    def backend_directory(self) -> Path:
+        """A backends/ folder whose python backend carries the stub for this venv's Python version."""
+        backends = self.venv / "prodseg-backends"
+        python_backend = backends / "python"
+        stub = self.server_root / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
+        if not (python_backend / stub.name).exists():
+            staging = backends.with_name(backends.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(self.server_root / "backends", staging)
+            shutil.copy2(stub, staging / "python" / stub.name)
+            shutil.rmtree(backends, ignore_errors=True)
+            staging.rename(backends)
+        return backends
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub embeds libpython: it must load the venv interpreter's own, not Debian's 3.11.2.
+        libs = [str(self.libpython_dir), str(self.server_root.parents[1] / "nvidia_pytriton.libs")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        env["PATH"] = os.pathsep.join([str(self.venv / "bin"), env.get("PATH", "")])
+        env.pop("PYTHONPATH", None)  # the stub must see the Triton venv, not the caller's
+        return env
+
+
+@dataclass
+class TritonServer:
+    """Start/stop one embedded server. Use as a context manager; ports 0 pick free ones."""
+
+    repository: Path = field(default_factory=default_repository)
+    models: tuple[str, ...] = (MODEL_NAME,)
+    config_name: str = "cpu"
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    log_path: Path | None = None
+    startup_timeout_s: float = 120.0
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> TritonServer:
+        install = TritonInstall.find()
+        self.http_port, self.grpc_port, self.metrics_port = (
+            port or free_port() for port in (self.http_port, self.grpc_port, self.metrics_port)
+        )
+        if self.log_path is None:
+            self.log_path = PROJECT_ROOT / "out" / "logs" / f"triton-{self.http_port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(install.binary),
+            f"--model-repository={Path(self.repository).resolve()}",
+            f"--backend-directory={install.backend_directory()}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={model}" for model in self.models],
+            f"--model-config-name={self.config_name}",
+            "--exit-on-error=false",  # a model that fails to load is reported, not a dead server
+            "--strict-readiness=true",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-cpu-metrics=true",
+            *self.extra_args,
+        ]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=install.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopping it stops the stubs too
+            )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if all(self._http_ok(f"/v2/models/{model}/ready") for model in self.models):
+                return
+            time.sleep(0.2)
+        raise TritonStartError(
+            f"models {self.models} not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}"
+        )
+
+    def _http_ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL whatever is left after ``timeout_s``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        stop_process_group(self.process, timeout_s)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":  # python -m prodseg.triton_server: serve until Ctrl-C (handy for debugging)
+    with TritonServer(http_port=8000, grpc_port=8001, metrics_port=8002) as server:
+        print(f"Triton ready: http {server.http_url}, grpc {server.grpc_url}", file=sys.stderr)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})

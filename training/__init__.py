@@ -1,0 +1,1 @@
+"""Training, export and publishing of the segmentation models (needs the ``training`` extra)."""

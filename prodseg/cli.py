@@ -57,19 +57,27 @@ def serve(
         grpc_port=grpc_port,
         metrics_port=metrics_port,
     )
-    with console.status("Starting Triton and the gateway"):
-        stack = EmbeddedStack(triton, gateway_port).start()
+    # SIGTERM (kubectl, systemd, a test) stops the stack the same way Ctrl-C does, even mid-startup.
+    signal.signal(signal.SIGTERM, _interrupt)
+    stack = None
     try:
-        console.print(
-            f"Triton   HTTP http://{triton.http_url}  gRPC {triton.grpc_url}  metrics {triton.metrics_url}"
-        )
+        with console.status("Starting Triton and the gateway"):
+            stack = EmbeddedStack(triton, gateway_port).start()
+        console.print(f"Triton   HTTP http://{triton.http_url}  gRPC {triton.grpc_url}")
+        console.print(f"         metrics {triton.metrics_url}")
         console.print(f"Gateway  {stack.gateway.url}  (API docs at {stack.gateway.url}/docs)")
         console.print("Ctrl-C to stop.")
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    finally:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
         console.print("Stopping.")
-        stack.stop()
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()

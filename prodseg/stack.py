@@ -9,17 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prodseg.triton_server import PROJECT_ROOT, TritonServer, free_port, stop_process_group
-
-
-class GatewayStartError(RuntimeError):
-    pass
+from prodseg.processes import free_port, http_ok, stop_process_group, wait_until_ready
+from prodseg.triton_server import PROJECT_ROOT, TritonServer
 
 
 @dataclass
@@ -57,17 +51,16 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise GatewayStartError(f"gateway exited with {self.process.returncode}:\n{self._log_tail()}")
-            if _http_ok(f"{self.url}/readyz"):
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise GatewayStartError(
-            f"gateway not ready after {self.startup_timeout_s:.0f} s:\n{self._log_tail()}"
-        )
+        try:
+            self._wait_until_ready()
+        except BaseException:  # including Ctrl-C while starting: never leave the process behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        ready = lambda: http_ok(f"{self.url}/readyz")  # noqa: E731
+        wait_until_ready(self.process, ready, self.startup_timeout_s, "gateway", self._log_tail)
 
     def _log_tail(self) -> str:
         return (
@@ -75,7 +68,7 @@ class GatewayProcess:
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None:
             stop_process_group(self.process, timeout_s)
 
 
@@ -109,11 +102,3 @@ class EmbeddedStack:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False

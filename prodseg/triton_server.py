@@ -15,19 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.contract import MODEL_NAME, default_repository
+from prodseg.processes import StartError, free_port, http_ok, stop_process_group, wait_until_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-class TritonStartError(RuntimeError):
-    """The server did not come up; the message carries the tail of its log."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,7 @@ class TritonInstall:
         venv = Path(venv or os.environ.get("PRODSEG_TRITON_VENV", PROJECT_ROOT / ".venv-triton"))
         python = venv / "bin" / "python"
         if not python.exists():
-            raise TritonStartError(f"no Triton environment at {venv}: run `make install` first")
+            raise StartError(f"no Triton environment at {venv}: run `make install` first")
         probe = (
             "import json, sys, sysconfig, pytriton, pathlib;"
             "print(json.dumps({'root': str(pathlib.Path(pytriton.__file__).parent / 'tritonserver'),"
@@ -151,25 +145,10 @@ class TritonServer:
         return self
 
     def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TritonStartError(
-                    f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            if all(self._http_ok(f"/v2/models/{model}/ready") for model in self.models):
-                return
-            time.sleep(0.2)
-        raise TritonStartError(
-            f"models {self.models} not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}"
-        )
+        def models_ready() -> bool:
+            return all(http_ok(f"http://{self.http_url}/v2/models/{model}/ready") for model in self.models)
 
-    def _http_ok(self, path: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        wait_until_ready(self.process, models_ready, self.startup_timeout_s, "tritonserver", self.log_tail)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -178,34 +157,14 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the server's process group, then SIGKILL whatever is left after ``timeout_s``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        stop_process_group(self.process, timeout_s)
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s)
 
     def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-
-def stop_process_group(process: subprocess.Popen, timeout_s: float) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":  # python -m prodseg.triton_server: serve until Ctrl-C (handy for debugging)

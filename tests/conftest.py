@@ -6,6 +6,7 @@ every test that needs it, and both are stopped by PID when the session ends.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,17 @@ from prodseg.triton_server import TritonServer
 # The committed default model reliably scores ~0.8 on generated shelf video; a broken pipeline
 # (wrong channel order, misaligned frames, resizing bugs) falls far below this.
 MIOU_FLOOR = 0.6
+
+
+def wait_for_job(client, job_id: str, timeout_s: float = 120) -> dict:
+    """Poll ``GET /v1/videos/{id}`` (httpx or Starlette test client) until the job ends."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/videos/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
 
 
 @dataclass(frozen=True)

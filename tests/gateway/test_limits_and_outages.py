@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from prodseg.triton_server import free_port
+from prodseg.processes import free_port
+from tests.conftest import wait_for_job
 
 
 def make_client(tmp_path, triton_url: str, **settings) -> TestClient:
@@ -66,22 +67,10 @@ def test_triton_down_means_not_ready_and_clear_errors(tmp_path, shelf_video):
         assert frame.json()["error"]["code"] == "inference_failed"
 
         job = client.post("/v1/videos", files={"file": ("s.mp4", shelf_video.video.read_bytes())}).json()
-        status = wait_until_finished(client, job["id"])
+        status = wait_for_job(client, job["id"])
         assert status["status"] == "failed"
         assert "Triton" in status["error"]
         overlay = client.get(f"/v1/videos/{job['id']}/overlay.mp4")
         assert overlay.status_code == 409 and overlay.json()["error"]["code"] == "job_not_finished"
         # a failed job leaves no upload and no half-written output behind
         assert sorted(p.name for p in (tmp_path / "data" / "jobs" / job["id"]).iterdir()) == []
-
-
-def wait_until_finished(client: TestClient, job_id: str, timeout_s: float = 60) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = client.get(f"/v1/videos/{job_id}").json()
-        if status["status"] in ("succeeded", "failed"):
-            return status
-        time.sleep(0.1)
-    raise TimeoutError(job_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 from clients.evaluation import ConfusionMatrix
 from clients.masks import read_mask_archive
 from clients.video import frames, probe
-from tests.conftest import MIOU_FLOOR
+from tests.conftest import MIOU_FLOOR, wait_for_job
 
 pytestmark = pytest.mark.triton
 
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.triton
 def http(gateway) -> httpx.Client:
     with httpx.Client(base_url=gateway.url, timeout=60) as client:
         yield client
-
-
-def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/videos/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
 
 
 def upload(http: httpx.Client, path: Path, name: str = "shelf.mp4") -> httpx.Response:

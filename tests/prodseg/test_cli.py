@@ -105,3 +105,36 @@ def test_model_command_publishes_the_next_version(tmp_path: Path, contract):
     assert "published shelf_segmenter version 1" in result.stderr
     card = (model_dir / "1" / "model_card.json").read_text()
     assert '"steps": 2' in card and '"miou"' in card
+
+
+@pytest.mark.triton
+def test_serve_runs_triton_and_gateway_until_ctrl_c(tmp_path: Path):
+    import signal
+    import time
+
+    import httpx
+
+    from prodseg.processes import free_port
+
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    options = [f"--{name}-port={port}" for name, port in ports.items()]
+    command = [sys.executable, "-m", "prodseg.cli", "serve", *options]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ports['gateway']}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("prodseg serve did not become ready")
+        assert httpx.get(f"http://127.0.0.1:{ports['http']}/v2/health/ready").status_code == 200
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    for port in (ports["http"], ports["gateway"]):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)

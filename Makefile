@@ -10,7 +10,10 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 
 .PHONY: install demo test test-fast lint serve clean
 
-install: $(VENV)/.installed $(TRITON_VENV)/.installed
+install: $(VENV)/.installed $(TRITON_VENV)/.installed tools
+
+# Kubernetes/monitoring tooling (helm, kubectl, promtool, ...) into .tools/: see infra/tools.mk.
+include infra/tools.mk
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProdSegmenter needs Python 3.11, found " + sys.version' 

@@ -247,5 +247,16 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s; report in {out / 'report.json'}")
 
 
+def _register_training_commands() -> None:
+    # The training pipeline's commands live beside the code they drive; these modules import only
+    # typer at load time, so serving commands never pay for torch.
+    from training import data_cli, pipeline_cli
+
+    data_cli.register(app)
+    pipeline_cli.register(app)
+
+
+_register_training_commands()
+
 if __name__ == "__main__":
     app()

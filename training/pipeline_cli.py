@@ -1,0 +1,9 @@
+"""``prodseg`` commands for training, evaluation, export, engines and the model registry."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``; heavy imports stay inside the commands."""

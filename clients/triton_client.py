@@ -86,6 +86,14 @@ class TritonSegmenter:
             raise SegmentationError(f"Triton rejected the request: {error.message()}") from error
         return response.as_numpy(self.contract.output_name)
 
+    async def segment_image(self, frame: np.ndarray) -> FrameResult:
+        """One RGB frame of any size -> its ``FrameResult`` (mask at the frame's size)."""
+        started = time.perf_counter()
+        batch = self.contract.to_model_input(frame)[None]
+        preprocess = time.perf_counter() - started
+        entry = (0, [frame.shape], asyncio.ensure_future(self._timed_infer(batch)), preprocess)
+        return (await _collect(entry, self.contract))[0]
+
     async def segment(
         self, frames: AsyncIterable[np.ndarray] | Iterable[np.ndarray], start_index: int = 0
     ) -> AsyncIterator[FrameResult]:

@@ -126,7 +126,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         started = time.perf_counter()
         try:
-            result = await anext(app.state.segmenter.segment([frame]))
+            result = await app.state.segmenter.segment_image(frame)
         except SegmentationError as error:
             raise ApiError(502, "inference_failed", str(error)) from error
         metrics.frames.labels("frame").inc()

@@ -120,7 +120,7 @@ def _segment_image(input_path: Path, output: Path, triton: str, overlay: bool) -
 
     async def run():
         async with TritonSegmenter(triton) as segmenter:
-            return await anext(segmenter.segment([frame])), segmenter.contract
+            return await segmenter.segment_image(frame), segmenter.contract
 
     try:
         result, contract = asyncio.run(run())

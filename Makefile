@@ -8,7 +8,7 @@ VENV := .venv
 TRITON_VENV := .venv-triton
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-fast lint serve clean
+.PHONY: install demo test test-fast lint serve loadtest clean
 
 install: $(VENV)/.installed $(TRITON_VENV)/.installed tools
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) pip==25.3
 	# torch is pinned by the constraints file: unpinned, pip would pull several GB of CUDA wheels.
-	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/constraints.txt -e '.[training,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/constraints.txt -e '.[training,loadtest,dev]'
 	touch $@
 
 $(TRITON_VENV)/.installed: requirements/triton.txt
@@ -34,6 +34,15 @@ demo: install
 
 serve: install
 	$(VENV)/bin/prodseg serve
+
+# A bounded headless Locust run. Without HOST it starts the embedded stack; against a cluster:
+#   make loadtest HOST=https://gateway.example TRITON_GRPC=triton.example:8001 STEPS=25,50,100,120
+STEPS ?= 1,2,3,4
+STEP_SECONDS ?= 10
+FPS ?= 30
+loadtest: install
+	$(VENV)/bin/python -m loadtest.run --steps $(STEPS) --step-seconds $(STEP_SECONDS) --fps $(FPS) \
+		$(if $(HOST),--host $(HOST) --triton-grpc $(TRITON_GRPC) $(if $(TRITON_METRICS),--triton-metrics $(TRITON_METRICS)))
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,180 @@
+"""Locust users for ProdSegmenter; run them with ``python -m loadtest.run`` (``make loadtest``).
+
+- ``CameraUser`` streams frames to Triton over gRPC at ``--camera-fps`` with at most
+  ``--camera-window`` requests in flight, and counts the frames it has to drop.
+- ``UploadUser`` posts a short video to the gateway and polls the job to completion.
+- ``StepShape`` ramps the users through ``--steps`` (users per step), ``--step-seconds`` each.
+
+At the end it writes ``--report``: per step, the achieved FPS per camera (p5, median), drops,
+latency percentiles, and Triton's queue/compute time per request from its /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # before any gRPC channel exists, or gRPC blocks the gevent loop
+
+import gevent  # noqa: E402
+import numpy as np  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+from locust import HttpUser, LoadTestShape, User, events, task  # noqa: E402
+from locust.runners import LOCUST_STATE_STOPPING  # noqa: E402
+
+from clients.contract import ModelContract  # noqa: E402
+from loadtest.camera import CameraStream  # noqa: E402
+from loadtest.stats import RunRecorder  # noqa: E402
+from loadtest.triton_metrics import TritonSnapshot  # noqa: E402
+
+CONTRACT = ModelContract.load()
+RECORDER = RunRecorder()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    parser.add_argument("--triton-metrics", default="", help="Triton metrics URL (optional)")
+    parser.add_argument("--camera-fps", type=float, default=30.0)
+    parser.add_argument("--camera-window", type=int, default=2, help="requests in flight per camera")
+    parser.add_argument("--steps", default="1,2,4", help="users per step, comma separated")
+    parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument("--upload-video", default="", help="video for UploadUser")
+    parser.add_argument("--upload-users", type=int, default=1)
+    parser.add_argument("--report", default="out/loadtest/locust_report.json")
+
+
+def _frames() -> list[np.ndarray]:
+    from training.synth import render_pan_frames  # numpy/OpenCV only: no torch in load generators
+
+    scenes = render_pan_frames(3, 8, CONTRACT.height, CONTRACT.width, pixels_per_frame=40)
+    return [scene.image for scene in scenes]
+
+
+FRAMES: list[np.ndarray] = []
+
+
+@events.init.add_listener
+def _init(environment, **_) -> None:
+    options = environment.parsed_options
+    UploadUser.fixed_count = options.upload_users
+    FRAMES.extend(_frames())
+    RECORDER.attach(environment)
+
+
+@events.test_start.add_listener
+def _start(environment, **_) -> None:
+    options = environment.parsed_options
+    RECORDER.start([int(s) for s in options.steps.split(",")], options.step_seconds)
+    if options.triton_metrics:
+        RECORDER.triton_before = TritonSnapshot.scrape(options.triton_metrics)
+
+
+@events.test_stop.add_listener
+def _stop(environment, **_) -> None:
+    options = environment.parsed_options
+    triton = None
+    if options.triton_metrics and RECORDER.triton_before is not None:
+        try:
+            triton = TritonSnapshot.scrape(options.triton_metrics).since(RECORDER.triton_before)
+        except OSError as error:  # a dead server still gets a report, with the reason
+            triton = {"error": str(error)}
+    report = RECORDER.report(
+        camera_fps=options.camera_fps, camera_window=options.camera_window, triton=triton
+    )
+    path = Path(options.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+class CameraUser(User):
+    """One shelf camera streaming to Triton."""
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.client = grpcclient.InferenceServerClient(options.triton_grpc)
+        self.camera = CameraStream(
+            self._infer,
+            FRAMES,
+            options.camera_fps,
+            options.camera_window,
+            on_result=self._report,
+            on_drop=lambda: RECORDER.dropped(self),
+        )
+        RECORDER.add_camera(self)
+
+    def _infer(self, frame: np.ndarray) -> None:
+        tensor = grpcclient.InferInput(CONTRACT.input_name, [1, *frame.shape], "UINT8")
+        tensor.set_data_from_numpy(frame[None])
+        self.client.infer(CONTRACT.model_name, [tensor], client_timeout=10)
+
+    def _report(self, latency_s: float, error: Exception | None) -> None:
+        RECORDER.completed(self, latency_s, error)
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name="shelf_segmenter frame",
+            response_time=latency_s * 1000,
+            response_length=CONTRACT.height * CONTRACT.width,
+            exception=error,
+            context={},
+        )
+
+    @task
+    def stream(self) -> None:
+        # Locust's graceful stop marks the user as stopping; the camera finishes its frames in flight.
+        self.camera.run(should_stop=lambda: self._state == LOCUST_STATE_STOPPING)
+
+    def on_stop(self) -> None:
+        RECORDER.remove_camera(self)
+        self.client.close()  # an open channel makes Locust hang at exit
+
+
+class UploadUser(HttpUser):
+    """A retailer uploading a short shelf video and waiting for the overlay."""
+
+    fixed_count = 1
+
+    @task
+    def upload_and_wait(self) -> None:
+        video = Path(self.environment.parsed_options.upload_video)
+        if not video.is_file():
+            raise RuntimeError("UploadUser needs --upload-video")
+        with open(video, "rb") as file:
+            response = self.client.post(
+                "/v1/videos", files={"file": (video.name, file, "video/mp4")}, name="POST /v1/videos"
+            )
+        if response.status_code != 202:
+            return
+        started = time.perf_counter()
+        status_url = response.json()["status_url"]
+        while True:
+            job = self.client.get(status_url, name="GET /v1/videos/{id}").json()
+            if job["status"] in ("succeeded", "failed"):
+                break
+            gevent.sleep(0.5)
+        self.environment.events.request.fire(
+            request_type="job",
+            name="video job to completion",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=None if job["status"] == "succeeded" else RuntimeError(job["error"]),
+            context={},
+        )
+        self.client.delete(status_url, name="DELETE /v1/videos/{id}")
+
+
+class StepShape(LoadTestShape):
+    """Hold each step's user count for --step-seconds, then stop."""
+
+    def tick(self):
+        options = self.runner.environment.parsed_options
+        steps = [int(s) for s in options.steps.split(",")]
+        index = int(self.get_run_time() // options.step_seconds)
+        if index >= len(steps):
+            return None
+        # Upload users are a fixed count on top: each step's number is cameras.
+        uploads = options.upload_users if UploadUser in self.runner.user_classes else 0
+        return steps[index] + uploads, max(steps)

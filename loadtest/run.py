@@ -1,0 +1,202 @@
+"""``python -m loadtest.run``: a bounded headless Locust run, its report, and its plot.
+
+Without ``--host`` it starts the embedded stack (real Triton + gateway on 127.0.0.1) and stops it
+afterwards; with ``--host https://gateway... --triton-grpc triton:8001`` it loads a cluster.
+Exits non-zero, with the reason, when the target is down or the run failed; never hangs: Locust
+runs under a hard time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", default="", help="gateway URL; empty: start the embedded stack")
+    parser.add_argument("--triton-grpc", default="", help="Triton gRPC host:port (with --host)")
+    parser.add_argument("--triton-metrics", default="", help="Triton metrics URL (with --host)")
+    parser.add_argument("--steps", default="1,2,3,4", help="cameras per step")
+    parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument("--fps", type=float, default=30.0, help="frames per second each camera sends")
+    parser.add_argument("--window", type=int, default=2, help="requests in flight per camera")
+    parser.add_argument("--upload-users", type=int, default=0, help="users uploading videos alongside")
+    parser.add_argument("--out", type=Path, default=Path("out/loadtest"))
+    parser.add_argument("--max-failure-rate", type=float, default=0.01)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if not args.host:
+            from prodseg.stack import EmbeddedStack
+
+            embedded = stack.enter_context(EmbeddedStack())
+            args.host, args.triton_grpc = embedded.gateway.url, embedded.triton.grpc_url
+            args.triton_metrics = embedded.triton.metrics_url
+            print(f"embedded stack: gateway {args.host}, Triton {args.triton_grpc}", file=sys.stderr)
+        if not args.triton_grpc:
+            print("error: --triton-grpc is required with --host", file=sys.stderr)
+            return 2
+        if problem := preflight(args.triton_grpc):
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        return run_locust(args)
+
+
+def preflight(triton_grpc: str) -> str | None:
+    """Say why the target cannot take load, or None when it can."""
+    try:
+        with grpcclient.InferenceServerClient(triton_grpc) as client:
+            if not client.is_model_ready("shelf_segmenter", client_timeout=5):
+                return f"Triton at {triton_grpc} is up but shelf_segmenter is not ready"
+    except InferenceServerException as error:
+        return f"Triton at {triton_grpc} is not reachable: {error.message()}"
+    return None
+
+
+def run_locust(args: argparse.Namespace) -> int:
+    report_path = args.out / "report.json"
+    report_path.unlink(missing_ok=True)
+    user_classes = ["CameraUser"]
+    if args.upload_users:
+        user_classes.append("UploadUser")
+        from training.synth import write_pan_video
+
+        write_pan_video(args.out / "upload.mp4", args.out / "upload_masks.zip", seed=5, num_frames=60)
+    steps = [int(s) for s in args.steps.split(",")]
+    budget_s = len(steps) * args.step_seconds + 60  # the run, plus start-up and a graceful stop
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        args.host,
+        "--triton-grpc",
+        args.triton_grpc,
+        "--triton-metrics",
+        args.triton_metrics,
+        "--steps",
+        args.steps,
+        "--step-seconds",
+        str(args.step_seconds),
+        "--camera-fps",
+        str(args.fps),
+        "--camera-window",
+        str(args.window),
+        "--upload-users",
+        str(args.upload_users),
+        "--upload-video",
+        str(args.out / "upload.mp4"),
+        "--report",
+        str(report_path),
+        "--json-file",
+        str(args.out / "locust_stats"),
+        "--only-summary",
+        "--stop-timeout",
+        "10",
+        "--exit-code-on-error",
+        "0",
+        *user_classes,
+    ]
+    started = time.monotonic()
+    try:
+        locust = subprocess.run(command, timeout=budget_s, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:  # subprocess.run kills it: no hang at exit
+        print(f"error: Locust did not finish within {budget_s:.0f} s and was killed", file=sys.stderr)
+        return 1
+    (args.out / "locust.log").write_text(locust.stdout + locust.stderr)
+    if locust.returncode != 0 or not report_path.exists():
+        print(
+            f"error: Locust exited with {locust.returncode}; see {args.out / 'locust.log'}", file=sys.stderr
+        )
+        print(locust.stderr[-2000:], file=sys.stderr)
+        return 1
+    report = json.loads(report_path.read_text())
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.out / "report.png")
+    print_summary(report)
+    return verdict(report, args.max_failure_rate)
+
+
+def verdict(report: dict, max_failure_rate: float) -> int:
+    completed = sum(step["completed"] for step in report["steps"])
+    failed = sum(step["failed"] for step in report["steps"])
+    if completed == 0:
+        print(f"error: no frame was segmented; errors: {report['errors']}", file=sys.stderr)
+        return 1
+    if failed / (completed + failed) > max_failure_rate:
+        print(
+            f"error: {failed} of {completed + failed} frames failed; errors: {report['errors']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def print_summary(report: dict) -> None:
+    columns = ("cameras", "fps p5", "fps med", "total", "drop %", "p50 ms", "p95 ms", "p99 ms")
+    print(" ".join(f"{name:>8}" for name in columns))
+    for step in report["steps"]:
+        values = (
+            step["users"],
+            step["fps_per_user_p5"],
+            step["fps_per_user_median"],
+            step["frames_per_s_total"],
+            round((step["drop_rate"] or 0) * 100, 1),
+            step["latency_ms_p50"],
+            step["latency_ms_p95"],
+            step["latency_ms_p99"],
+        )
+        print(" ".join(f"{value!s:>8}" for value in values))
+    print(
+        f"cameras sustained at {report['camera_fps_target']:.0f} FPS: {report['users_sustained_at_target']}"
+    )
+    if report.get("triton"):
+        print(f"Triton: {report['triton']}")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = report["steps"]
+    users = [s["users"] for s in steps]
+    figure, fps_axis = plt.subplots(figsize=(7, 4))
+    fps_axis.plot(users, [s["fps_per_user_median"] for s in steps], "o-", label="FPS per camera (median)")
+    fps_axis.plot(users, [s["fps_per_user_p5"] for s in steps], "o--", label="FPS per camera (p5)")
+    fps_axis.axhline(report["camera_fps_target"], color="grey", linewidth=0.8, label="target")
+    fps_axis.set_xlabel("cameras")
+    fps_axis.set_ylabel("frames/s per camera")
+    latency_axis = fps_axis.twinx()
+    latency_axis.plot(users, [s["latency_ms_p95"] for s in steps], "s:", color="tab:red", label="p95 latency")
+    latency_axis.set_ylabel("p95 latency (ms)")
+    figure.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``python -m loadtest.run``: a real, tiny Locust run against the embedded stack, and a down stack."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prodseg.processes import free_port
+
+
+def loadtest(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loadtest.run", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.triton
+def test_tiny_run_reports_fps_latency_and_tritons_view(tmp_path, triton, gateway):
+    result = loadtest(
+        "--host",
+        gateway.url,
+        "--triton-grpc",
+        triton.grpc_url,
+        "--triton-metrics",
+        triton.metrics_url,
+        "--steps",
+        "1,2",
+        "--step-seconds",
+        "4",
+        "--fps",
+        "10",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [step["users"] for step in report["steps"]] == [1, 2]
+    for step in report["steps"]:
+        assert step["completed"] > 0 and step["failed"] == 0
+        assert step["fps_per_user_median"] > 5  # 10 FPS offered per camera, a lightly loaded server
+        assert step["latency_ms_p50"] <= step["latency_ms_p95"] <= step["latency_ms_p99"]
+    assert report["triton"]["requests"] >= sum(step["completed"] for step in report["steps"])
+    assert report["triton"]["compute_us_per_request"] > 0
+    assert (tmp_path / "report.png").stat().st_size > 0
+    assert "cameras sustained at 10 FPS" in result.stdout
+
+
+def test_a_down_stack_fails_fast_with_the_reason(tmp_path):
+    port = free_port()
+    result = loadtest(
+        "--host",
+        f"http://127.0.0.1:{port}",
+        "--triton-grpc",
+        f"127.0.0.1:{port}",
+        "--out",
+        str(tmp_path),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"Triton at 127.0.0.1:{port} is not reachable" in result.stderr

@@ -8,7 +8,7 @@ VENV := .venv
 TRITON_VENV := .venv-triton
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-fast lint serve loadtest clean
+.PHONY: install demo test test-fast lint serve loadtest bench perf-analyzer clean
 
 install: $(VENV)/.installed $(TRITON_VENV)/.installed tools
 
@@ -43,6 +43,13 @@ FPS ?= 30
 loadtest: install
 	$(VENV)/bin/python -m loadtest.run --steps $(STEPS) --step-seconds $(STEP_SECONDS) --fps $(FPS) \
 		$(if $(HOST),--host $(HOST) --triton-grpc $(TRITON_GRPC) $(if $(TRITON_METRICS),--triton-metrics $(TRITON_METRICS)))
+
+# The benchmark suite (minutes; run it on an otherwise idle machine): results in benchmarks/results/.
+perf-analyzer: install
+	bash benchmarks/install-perf-analyzer.sh
+
+bench: install perf-analyzer
+	$(VENV)/bin/python -m benchmarks.suite
 
 lint: install
 	$(VENV)/bin/ruff check .

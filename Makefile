@@ -41,7 +41,7 @@ STEPS ?= 1,2,3,4
 STEP_SECONDS ?= 10
 FPS ?= 30
 loadtest: install
-	$(VENV)/bin/python -m loadtest.run --steps $(STEPS) --step-seconds $(STEP_SECONDS) --fps $(FPS) \
+	$(VENV)/bin/python -m loadtest.run --prometheus --steps $(STEPS) --step-seconds $(STEP_SECONDS) --fps $(FPS) \
 		$(if $(HOST),--host $(HOST) --triton-grpc $(TRITON_GRPC) $(if $(TRITON_METRICS),--triton-metrics $(TRITON_METRICS)))
 
 # The benchmark suite (minutes; run it on an otherwise idle machine): results in benchmarks/results/.

@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--upload-users", type=int, default=0, help="users uploading videos alongside")
     parser.add_argument("--out", type=Path, default=Path("out/loadtest"))
     parser.add_argument("--max-failure-rate", type=float, default=0.01)
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run a real Prometheus on 127.0.0.1 scraping Triton and the gateway",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         if problem := preflight(args.triton_grpc):
             print(f"error: {problem}", file=sys.stderr)
             return 2
-        return run_locust(args)
+        prometheus = None
+        if args.prometheus:
+            from prodseg.prometheus import PrometheusServer
+
+            targets = {"triton": args.triton_metrics, "gateway": f"{args.host}/metrics"}
+            targets = {job: url for job, url in targets.items() if url}
+            prometheus = stack.enter_context(PrometheusServer(targets))
+            prometheus.wait_for(f"count(up == 1) == {len(targets)}")  # every target scraped once
+        return run_locust(args, prometheus)
 
 
 def preflight(triton_grpc: str) -> str | None:
@@ -70,7 +83,7 @@ def preflight(triton_grpc: str) -> str | None:
     return None
 
 
-def run_locust(args: argparse.Namespace) -> int:
+def run_locust(args: argparse.Namespace, prometheus=None) -> int:
     report_path = args.out / "report.json"
     report_path.unlink(missing_ok=True)
     user_classes = ["CameraUser"]
@@ -132,10 +145,32 @@ def run_locust(args: argparse.Namespace) -> int:
         return 1
     report = json.loads(report_path.read_text())
     report["wall_s"] = round(time.monotonic() - started, 1)
+    if prometheus is not None:
+        time.sleep(3)  # Triton refreshes its counters every 2 s; let the last values be scraped
+        report["prometheus"] = server_side_series(prometheus, window_s=report["wall_s"] + 3)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.out / "report.png")
     print_summary(report)
     return verdict(report, args.max_failure_rate)
+
+
+def server_side_series(prometheus, window_s: float) -> dict:
+    """What Prometheus saw during the run: Triton's and the gateway's own counters over the window."""
+    window = f"{max(int(window_s), 5)}s"
+    queries = {
+        "triton_inferences_per_s": f"sum(rate(nv_inference_request_success[{window}]))",
+        "triton_queue_us_per_request": f"sum(increase(nv_inference_queue_duration_us[{window}])) / "
+        f"sum(increase(nv_inference_request_success[{window}]))",
+        "triton_frames_per_execution": f"sum(increase(nv_inference_count[{window}])) / "
+        f"sum(increase(nv_inference_exec_count[{window}]))",
+        "gateway_frames": "sum(prodseg_gateway_frames_total)",
+        "targets_up": "sum(up)",
+    }
+    series = {}
+    for name, promql in queries.items():
+        result = prometheus.query(promql)
+        series[name] = round(float(result[0]["value"][1]), 3) if result else None
+    return series
 
 
 def verdict(report: dict, max_failure_rate: float) -> int:

@@ -23,6 +23,7 @@ def test_tiny_run_reports_fps_latency_and_tritons_view(tmp_path, triton, gateway
         triton.grpc_url,
         "--triton-metrics",
         triton.metrics_url,
+        "--prometheus",
         "--steps",
         "1,2",
         "--step-seconds",
@@ -42,6 +43,9 @@ def test_tiny_run_reports_fps_latency_and_tritons_view(tmp_path, triton, gateway
     assert report["triton"]["requests"] >= sum(step["completed"] for step in report["steps"])
     assert report["triton"]["compute_us_per_request"] > 0
     assert (tmp_path / "report.png").stat().st_size > 0
+    # a real Prometheus scraped both servers during the run
+    assert report["prometheus"]["targets_up"] == 2
+    assert report["prometheus"]["triton_queue_us_per_request"] is not None
     assert "cameras sustained at 10 FPS" in result.stdout
 
 

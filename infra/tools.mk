@@ -1,4 +1,21 @@
-# Tooling for charts and infrastructure checks, installed into .tools/ (issue 4 fills this in).
-.PHONY: tools
+# Infrastructure targets, included by the top-level Makefile.
+#
+#   make tools                      helm, kubectl, promtool/prometheus, kubernetes-validate, checkov,
+#                                   yamllint into .tools/ (pinned; idempotent; see infra/install-tools.sh)
+#   make rollout VERSION=N [ENV=dev]  print the commands that roll model version N out on AKS
+#                                   (and the ones that roll it back); runs nothing
+#   make deploy-plan [ENV=dev]      print what infra/deploy.sh would run (az deployment + helm)
+TOOLS_DIR := .tools
+ENV ?= dev
+
+.PHONY: tools rollout deploy-plan
+
 tools:
-	@true
+	@bash infra/install-tools.sh
+
+rollout:
+	@test -n "$(VERSION)" || { echo "usage: make rollout VERSION=N [ENV=dev]" >&2; exit 2; }
+	@bash infra/rollout.sh --env $(ENV) $(VERSION)
+
+deploy-plan:
+	@bash infra/deploy.sh $(ENV) --dry-run

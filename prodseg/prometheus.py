@@ -31,10 +31,15 @@ def find_prometheus() -> Path:
 
 @dataclass
 class PrometheusServer:
-    """``targets`` maps a job name to a metrics URL (``http://127.0.0.1:8002/metrics``)."""
+    """``targets`` maps a job name to a metrics URL (``http://127.0.0.1:8002/metrics``).
+
+    ``target_labels`` adds static labels per job, e.g. the ``namespace``/``pod`` labels the Prometheus
+    Operator would attach in a cluster, so the chart's rules see the same label set here.
+    """
 
     targets: dict[str, str]
     rule_files: list[Path] = field(default_factory=list)
+    target_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     scrape_interval_s: float = 1.0
     port: int = 0
     process: subprocess.Popen | None = field(default=None, init=False)
@@ -76,11 +81,12 @@ class PrometheusServer:
         scrape_configs = []
         for job, url in self.targets.items():
             parts = urlsplit(url)
+            labels = self.target_labels.get(job, {})
             scrape_configs.append(
                 {
                     "job_name": job,
                     "metrics_path": parts.path or "/metrics",
-                    "static_configs": [{"targets": [parts.netloc]}],
+                    "static_configs": [{"targets": [parts.netloc], "labels": labels}],
                 }
             )
         return {

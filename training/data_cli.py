@@ -1,9 +1,158 @@
-"""``prodseg`` commands for datasets and SAM bootstrapping (registered by prodseg.cli)."""
+"""``prodseg`` commands for datasets and SAM bootstrapping (registered by prodseg.cli).
+
+``ingest`` checks an SKU-110K-format CSV, ``bootstrap`` turns its boxes into a mask dataset, and
+``synth-boxes`` writes such a CSV from generated shelves for trying both without the real data.
+Only typer and the standard library are imported at load time: the rest inside the commands.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+CsvArgument = Annotated[
+    Path, typer.Argument(help="annotations CSV: image_name,x1,y1,x2,y2,class,image_width,image_height")
+]
+ImagesArgument = Annotated[Path, typer.Argument(help="folder holding the images the CSV names")]
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``; heavy imports stay inside the commands."""
+    app.command()(ingest)
+    app.command()(bootstrap)
+    app.command("synth-boxes")(synth_boxes)
+
+
+def ingest(
+    csv_path: CsvArgument,
+    images_dir: ImagesArgument,
+    report: Annotated[Path | None, typer.Option(help="also write the full report (JSON) here")] = None,
+    show: Annotated[int, typer.Option(help="how many skipped rows to list")] = 20,
+) -> None:
+    """Validate SKU-110K-format box annotations against their images and report what is skipped and why.
+
+    Every row is checked: 8 fields, numeric coordinates, x1 < x2 and y1 < y2, the box inside the
+    image (by the CSV's size columns and the file's own size), and the image present and readable.
+    Bad rows are listed with their line numbers; the command fails only when no row is usable.
+    """
+    from prodseg.cli import console, fail
+    from training.datasets import DatasetError, write_json_atomically
+    from training.sku110k import read_annotations
+
+    try:
+        with console.status(f"Checking {csv_path}"):
+            annotations = read_annotations(csv_path, images_dir)
+        summary = annotations.report()
+        _print_annotations(console, summary, show)
+        if report is not None:
+            write_json_atomically(report, summary)
+            console.print(f"full report in {report}")
+    except (DatasetError, OSError) as error:  # OSError: e.g. the report's folder is not writable
+        raise fail(str(error)) from None
+
+
+def bootstrap(
+    csv_path: CsvArgument,
+    images_dir: ImagesArgument,
+    out_dir: Annotated[Path, typer.Argument(help="dataset folder to write (images/, masks/, provenance/)")],
+    labeler: Annotated[
+        str, typer.Option(help="'sam': Segment Anything box prompts; 'box': filled boxes, no checkpoint")
+    ] = "sam",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="SAM checkpoint file (.pth), for --labeler sam")
+    ] = None,
+    model_type: Annotated[
+        str, typer.Option(help="SAM type of the checkpoint: vit_b, vit_l or vit_h ('tiny': tests only)")
+    ] = "vit_b",
+    box_batch: Annotated[int, typer.Option(help="boxes per SAM call; lower it if memory runs out")] = 64,
+    min_predicted_iou: Annotated[
+        float, typer.Option(help="SAM masks predicted below this IoU fall back to the filled box")
+    ] = 0.5,
+) -> None:
+    """Turn box annotations into a mask dataset (folder format) with Segment Anything box prompts.
+
+    Validates the CSV as `prodseg ingest` does, then labels each image: SAM embeds it once and
+    decodes all its boxes; a box SAM is unsure of falls back to the filled box (counted). Writes
+    OUT_DIR/images, OUT_DIR/masks (product / background class ids), per-image provenance and a
+    report. Rerunning skips images already finished, so an interrupted run resumes.
+    """
+    from rich.progress import Progress
+
+    from clients.contract import ModelContract
+    from prodseg.cli import console, fail
+    from training.datasets import DatasetError
+    from training.sam_bootstrap import BootstrapError, bootstrap_masks, check_options
+    from training.sku110k import read_annotations
+
+    try:
+        check_options(labeler, checkpoint, model_type, box_batch)
+        with console.status(f"Checking {csv_path}"):
+            annotations = read_annotations(csv_path, images_dir)
+        _print_annotations(console, annotations.report(), show=5)
+        with Progress(console=console, transient=True) as progress:
+            result = bootstrap_masks(
+                annotations,
+                images_dir,
+                out_dir,
+                ModelContract.load().labels,
+                labeler=labeler,
+                checkpoint=checkpoint,
+                model_type=model_type,
+                box_batch=box_batch,
+                min_predicted_iou=min_predicted_iou,
+                progress=progress,
+            )
+    except (DatasetError, BootstrapError, OSError) as error:  # OSError: e.g. OUT_DIR is not writable
+        raise fail(str(error)) from None
+    iou = "n/a" if result.mean_predicted_iou is None else f"{result.mean_predicted_iou:.3f}"
+    console.print(
+        f"labelled {result.images_done} images ({result.images_skipped_existing} already done) in "
+        f"{result.seconds:.1f} s: {result.boxes} boxes, {result.boxes_fallback} fell back to the filled box, "
+        f"mean predicted IoU {iou}"
+    )
+    console.print(f"dataset in {out_dir}; report in {out_dir / 'bootstrap_report.json'}")
+
+
+def synth_boxes(
+    out_dir: Annotated[Path, typer.Argument(help="new folder for images/ and annotations.csv")],
+    count: Annotated[int, typer.Option(help="shelf images to render")] = 8,
+    seed: Annotated[int, typer.Option(help="base seed; image i is scene_seed(seed, i)")] = 0,
+    height: Annotated[int, typer.Option(help="image height in pixels")] = 384,
+    width: Annotated[int, typer.Option(help="image width in pixels")] = 640,
+) -> None:
+    """Write generated shelves in SKU-110K format (JPEGs + box CSV), to try ingest and bootstrap without data.
+
+    Boxes are the connected regions of the product class, so touching facings share a box.
+    """
+    from rich.progress import Progress
+
+    from prodseg.cli import console, fail
+    from training.datasets import DatasetError
+    from training.sku110k import write_sku110k_from_synth
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            csv_path = write_sku110k_from_synth(out_dir, count, seed, height, width, progress=progress)
+    except (DatasetError, OSError) as error:
+        raise fail(str(error)) from None
+    rows = len(csv_path.read_text().splitlines())
+    console.print(f"wrote {count} images and {rows} boxes: {csv_path}")
+    console.print(f"try: prodseg bootstrap {csv_path} {out_dir / 'images'} DATASET_DIR --labeler box")
+
+
+def _print_annotations(console: Console, summary: dict[str, Any], show: int) -> None:
+    console.print(
+        f"{summary['rows']} rows: {summary['valid_rows']} valid boxes on {summary['images']} images, "
+        f"{summary['skipped_rows']} skipped"
+    )
+    for kind, count in summary["skipped_by_kind"].items():
+        console.print(f"  {count:6d} x {kind}")
+    for row in summary["skipped"][:show]:
+        console.print(f"  line {row['line']}: {row['reason']}", highlight=False, markup=False)
+    if summary["skipped_rows"] > show:
+        console.print(f"  ... {summary['skipped_rows'] - show} more skipped rows")

@@ -1,0 +1,235 @@
+{{/* Names, labels and the pieces shared by the Triton Deployment and the engine-build Jobs. */}}
+
+{{- define "prodsegmenter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "prodsegmenter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Object name for a component: <fullname>-<component>. */}}
+{{- define "prodsegmenter.componentName" -}}
+{{- printf "%s-%s" (include "prodsegmenter.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "prodsegmenter.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "prodsegmenter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: prodsegmenter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of a component. Never add anything that changes between upgrades (such as
+the model version): Deployment selectors are immutable. */}}
+{{- define "prodsegmenter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "prodsegmenter.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "prodsegmenter.componentLabels" -}}
+{{ include "prodsegmenter.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "prodsegmenter.image" -}}
+{{- printf "%s:%s" .repository (toString .tag) }}
+{{- end }}
+
+{{- define "prodsegmenter.gatewayImage" -}}
+{{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) }}
+{{- end }}
+
+{{/* Triton's --model-config-name for the chosen pool ("" = the portable config.pbtxt). */}}
+{{- define "prodsegmenter.tritonConfigName" -}}
+{{- if .Values.triton.gpu.enabled }}{{ .Values.triton.gpu.modelConfigName }}{{ else }}{{ .Values.triton.cpu.modelConfigName }}{{ end }}
+{{- end }}
+
+{{/* host:port of Triton's gRPC endpoint, as the gateway's PRODSEG_TRITON_GRPC_URL. */}}
+{{- define "prodsegmenter.tritonGrpcAddress" -}}
+{{- if .Values.kserve.enabled }}
+{{- printf "%s-predictor.%s.svc.cluster.local:80" (include "prodsegmenter.componentName" (dict "root" . "component" "triton")) .Release.Namespace }}
+{{- else }}
+{{- printf "%s.%s.svc.cluster.local:8001" (include "prodsegmenter.componentName" (dict "root" . "component" "triton")) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{- define "prodsegmenter.blobUri" -}}
+{{- with .Values.model.source.blob }}
+{{- printf "%s/%s/%s" (trimSuffix "/" .accountUrl) .container (trimAll "/" .prefix) | trimSuffix "/" }}
+{{- end }}
+{{- end }}
+
+{{/* Pod security context of every pod: non-root, RuntimeDefault seccomp (restricted profile). A high
+UID (10001) cannot collide with a host user; the images only need to read their files as "other". */}}
+{{- define "prodsegmenter.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container security context of every container: nothing to escalate, read-only root. */}}
+{{- define "prodsegmenter.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{/* The init container that copies model version <version> into the `models` volume, from Blob
+Storage (workload identity) or from a PVC. Args: root, version. */}}
+{{- define "prodsegmenter.syncModelContainer" -}}
+{{- $v := .root.Values -}}
+- name: sync-model
+  image: {{ include "prodsegmenter.image" $v.model.sync.image }}
+  imagePullPolicy: {{ $v.model.sync.image.pullPolicy }}
+  command: ["sh", "/scripts/model-store.sh", "sync"]
+  env:
+    - {name: MODEL_SOURCE, value: {{ $v.model.source.type | quote }}}
+    - {name: MODEL_NAME, value: {{ $v.model.name | quote }}}
+    - {name: MODEL_VERSION, value: {{ .version | quote }}}
+    - {name: MODEL_DIR, value: /models}
+    {{- if eq $v.model.source.type "blob" }}
+    - {name: BLOB_ACCOUNT_URL, value: {{ $v.model.source.blob.accountUrl | quote }}}
+    - {name: BLOB_CONTAINER, value: {{ $v.model.source.blob.container | quote }}}
+    - {name: BLOB_PREFIX, value: {{ $v.model.source.blob.prefix | quote }}}
+    {{- else }}
+    - {name: STORE_DIR, value: /model-store}
+    {{- end }}
+    # az keeps its login here; the root filesystem is read-only.
+    - {name: AZURE_CONFIG_DIR, value: /tmp/azure}
+    - {name: HOME, value: /tmp}
+  securityContext:
+    {{- include "prodsegmenter.containerSecurityContext" . | nindent 4 }}
+  resources:
+    {{- toYaml $v.model.sync.resources | nindent 4 }}
+  volumeMounts:
+    - {name: models, mountPath: /models}
+    - {name: scripts, mountPath: /scripts, readOnly: true}
+    - {name: tmp, mountPath: /tmp}
+    {{- if eq $v.model.source.type "pvc" }}
+    - name: model-store
+      mountPath: /model-store
+      readOnly: true
+      {{- with $v.model.source.pvc.subPath }}
+      subPath: {{ . }}
+      {{- end }}
+    {{- end }}
+{{- end }}
+
+{{/* Volumes the sync container needs (plus `tmp`, which every pod already has). */}}
+{{- define "prodsegmenter.syncModelVolumes" -}}
+- name: models
+  emptyDir: {}
+- name: scripts
+  configMap:
+    name: {{ include "prodsegmenter.componentName" (dict "root" . "component" "scripts") }}
+    defaultMode: 0555
+{{- if eq .Values.model.source.type "pvc" }}
+- name: model-store
+  persistentVolumeClaim:
+    claimName: {{ required "model.source.pvc.claimName is required when model.source.type is pvc" .Values.model.source.pvc.claimName }}
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Non-empty when the engine-build Jobs render: TensorRT on, a GPU, a blob store to upload to,
+and Triton run by this chart (not KServe). */}}
+{{- define "prodsegmenter.engineBuildsEnabled" -}}
+{{- if and .Values.tensorrt.enabled .Values.triton.gpu.enabled (eq .Values.model.source.type "blob") (not .Values.kserve.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* Pod spec of an engine-build Job: sync the version, build the plan on this pool's GPU, upload
+it. Args: root, pool, version. */}}
+{{- define "prodsegmenter.engineBuildPodSpec" -}}
+{{- $root := .root }}
+{{- $v := .root.Values }}
+{{- $storeEnv := list (dict "name" "MODEL_NAME" "value" $v.model.name) (dict "name" "MODEL_VERSION" "value" (toString .version)) (dict "name" "MODEL_DIR" "value" "/models") -}}
+restartPolicy: Never
+serviceAccountName: {{ include "prodsegmenter.componentName" (dict "root" $root "component" "engine-builder") }}
+automountServiceAccountToken: false
+securityContext:
+  {{- include "prodsegmenter.podSecurityContext" . | nindent 2 }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+nodeSelector:
+  {{- toYaml .pool.nodeSelector | nindent 2 }}
+{{- with $v.triton.gpu.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+initContainers:
+  {{- include "prodsegmenter.syncModelContainer" (dict "root" $root "version" .version) | nindent 2 }}
+  - name: build-engine
+    image: {{ include "prodsegmenter.image" $v.triton.image }}
+    imagePullPolicy: {{ $v.triton.image.pullPolicy }}
+    command: ["sh", "/scripts/build-engine.sh"]
+    env:
+      {{- toYaml $storeEnv | nindent 6 }}
+      - {name: CONFIG_NAME, value: {{ $v.triton.gpu.modelConfigName | quote }}}
+      - {name: TRTEXEC, value: {{ $v.tensorrt.trtexecPath | quote }}}
+      - {name: PLAN_DIR, value: /plans}
+      - {name: HOME, value: /tmp}
+    securityContext:
+      {{- include "prodsegmenter.containerSecurityContext" . | nindent 6 }}
+    resources:
+      requests:
+        {{- toYaml $v.tensorrt.resources.requests | nindent 8 }}
+      limits:
+        {{- toYaml $v.tensorrt.resources.limits | nindent 8 }}
+        nvidia.com/gpu: 1
+    volumeMounts:
+      - {name: models, mountPath: /models, readOnly: true}
+      - {name: plans, mountPath: /plans}
+      - {name: scripts, mountPath: /scripts, readOnly: true}
+      - {name: tmp, mountPath: /tmp}
+containers:
+  - name: upload-plans
+    image: {{ include "prodsegmenter.image" $v.model.sync.image }}
+    imagePullPolicy: {{ $v.model.sync.image.pullPolicy }}
+    command: ["sh", "/scripts/model-store.sh", "upload-plans"]
+    env:
+      {{- toYaml $storeEnv | nindent 6 }}
+      - {name: PLAN_DIR, value: /plans}
+      - {name: BLOB_ACCOUNT_URL, value: {{ $v.model.source.blob.accountUrl | quote }}}
+      - {name: BLOB_CONTAINER, value: {{ $v.model.source.blob.container | quote }}}
+      - {name: BLOB_PREFIX, value: {{ $v.model.source.blob.prefix | quote }}}
+      - {name: AZURE_CONFIG_DIR, value: /tmp/azure}
+      - {name: HOME, value: /tmp}
+    securityContext:
+      {{- include "prodsegmenter.containerSecurityContext" . | nindent 6 }}
+    resources:
+      {{- toYaml $v.model.sync.resources | nindent 6 }}
+    volumeMounts:
+      - {name: plans, mountPath: /plans, readOnly: true}
+      - {name: scripts, mountPath: /scripts, readOnly: true}
+      - {name: tmp, mountPath: /tmp}
+volumes:
+  {{- include "prodsegmenter.syncModelVolumes" $root | nindent 2 }}
+  - name: plans
+    emptyDir: {}
+  - name: tmp
+    emptyDir: {}
+{{- end }}

@@ -1,0 +1,29 @@
+# The ProdSegmenter gateway image (gateway/, clients/, the model contract it reads).
+#   docker build -f infra/images/gateway.Dockerfile -t <acr>/prodseg-gateway:<tag> .    (context: repo root)
+# Not built on the development machines (no Docker there); infra/deploy.sh builds it in ACR with
+# `az acr build`. The chart runs it read-only as UID 10001 with /tmp and /data mounted writable.
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PRODSEG_MODEL_REPOSITORY=/app/model_repository
+
+WORKDIR /app
+# Serving dependencies only (pyproject's [project] dependencies: no torch, no training extras).
+COPY pyproject.toml README.md ./
+COPY clients ./clients
+COPY gateway ./gateway
+COPY prodseg ./prodseg
+COPY training ./training
+# The gateway reads the model contract (config.pbtxt) and labels.txt; no model weights are needed.
+COPY model_repository/shelf_segmenter/config.pbtxt model_repository/shelf_segmenter/labels.txt \
+     ./model_repository/shelf_segmenter/
+RUN pip install --no-cache-dir . \
+ && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin prodseg
+
+USER 10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"
+CMD ["python", "-m", "gateway", "--host", "0.0.0.0", "--port", "8080"]

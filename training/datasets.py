@@ -31,7 +31,7 @@ from training.synth import render_scene, scene_seed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the folder format reads (case-insensitive)
 SPLITS = ("train", "val", "test")
 # Base seeds of the splits are seed + k * this: train and val then match the spine's default model
-# (training.default_model.val_data_seed), so it can move onto these datasets and keep its results.
+# (see training.default_model), so it can move onto these datasets and keep its results.
 _SPLIT_SEED_STRIDE = 1_000_003
 
 

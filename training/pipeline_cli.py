@@ -1,9 +1,387 @@
-"""``prodseg`` commands for training, evaluation, export, engines and the model registry."""
+"""``prodseg`` commands for training, evaluation, export, engines and the model registry.
+
+``prodseg pipeline`` runs every stage of :mod:`training.pipeline` from one config; ``train``,
+``export``, ``evaluate`` and ``publish`` run one stage each on a run directory, in that order;
+``promote``/``rollback`` move an alias; ``build-engine`` builds TensorRT plans on a GPU machine;
+``azureml-job`` writes (and optionally submits) the Azure ML job of a config.
+
+Exit codes: 0 done, 1 the quality gate refused the model, 2 bad input (one line on stderr, no
+traceback). Only typer and the standard library are imported at load time: the rest inside commands.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from training.config import PipelineConfig
+    from training.evaluate import EvaluationResult, GateResult
+    from training.registry import AliasChange
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="training config (YAML)")]
+RunDirOption = Annotated[Path, typer.Option(help="the run directory the stages share")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config key, e.g. --set train.steps=100 (repeatable)"),
+]
+DataRootOption = Annotated[
+    Path | None, typer.Option(help="replace data.root (a folder dataset, or the SKU-110K folder)")
+]
+RepositoryOption = Annotated[
+    Path | None, typer.Option(help="model repository (default: the config's, else this checkout's)")
+]
+AliasOption = Annotated[str, typer.Option(help="the alias to move; the served configs follow 'production'")]
+TritonOption = Annotated[
+    str | None, typer.Option(help="a running Triton's HTTP address (host:port) to reload the model on")
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``; heavy imports stay inside the commands."""
+    for command in (pipeline, train, export, evaluate, publish, promote, rollback):
+        app.command()(command)
+    app.command("build-engine")(build_engine)
+    app.command("azureml-job")(azureml_job)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Bad input of any stage -> one line and exit code 2; a refused gate -> exit code 1."""
+    from prodseg.cli import console, fail
+    from training.config import ConfigError
+    from training.datasets import DatasetError
+    from training.engine_build import EngineBuildError
+    from training.pipeline import GateRefused, PipelineError
+    from training.registry import RegistryError
+    from training.sam_bootstrap import BootstrapError
+    from training.train import CheckpointError
+
+    try:
+        yield
+    except GateRefused as refused:
+        console.print(f"[red]refused:[/red] {refused}")
+        raise typer.Exit(code=1) from None
+    except (
+        ConfigError,
+        DatasetError,
+        BootstrapError,
+        CheckpointError,
+        PipelineError,
+        RegistryError,
+        EngineBuildError,
+        OSError,
+    ) as error:
+        raise fail(str(error)) from None
+
+
+def _config(path: Path, sets: list[str] | None, options: dict[str, object] | None = None) -> PipelineConfig:
+    """The config with ``--set`` overrides, then the command's own options (dotted keys; None: unset)."""
+    from training.config import load_config, parse_override
+
+    overrides = dict(parse_override(text) for text in sets or [])
+    overrides |= {key: str(value) for key, value in (options or {}).items() if value is not None}
+    return load_config(path, overrides)
+
+
+def _locations(data_root: Path | None, repository: Path | None) -> dict[str, object]:
+    return {"data.root": data_root, "publish.repository": repository}
+
+
+def _progress():
+    from rich.progress import Progress
+
+    from prodseg.cli import console
+
+    return Progress(console=console, transient=True)
+
+
+def pipeline(
+    config: ConfigOption = DEFAULT_CONFIG,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="run directory (default: out/runs/<config>-<time>)")
+    ] = None,
+    data_root: DataRootOption = None,
+    repository: RepositoryOption = None,
+    seed: Annotated[
+        bool,
+        typer.Option(
+            "--seed-repository",
+            help="give an empty --repository this checkout's configs first (Azure ML outputs)",
+        ),
+    ] = False,
+    resume: Annotated[bool, typer.Option(help="continue the run directory's training checkpoint")] = False,
+    sets: SetOption = None,
+) -> None:
+    """Run the whole training pipeline from one config, tracked in one MLflow run.
+
+    (SKU-110K boxes -> SAM/box bootstrap ->) splits -> train -> ONNX export + parity -> evaluation on
+    the test split -> quality gate (config thresholds, and no regression against the production
+    version scored on the same images) -> publish the next version -> promote it if the config's
+    publish.promote names an alias. Exits 1 without publishing when the gate refuses the model.
+    """
+    from prodseg.cli import console
+    from training.pipeline import repository_of, run_pipeline, seed_repository
+
+    with _user_errors():
+        loaded = _config(config, sets, _locations(data_root, repository))
+        if seed and seed_repository(loaded):
+            console.print(f"seeded {repository_of(loaded)} with this checkout's model configs")
+        with _progress() as progress:
+            result = run_pipeline(loaded, run_dir, resume=resume, progress=progress)
+    summary = result.train
+    console.print(
+        f"trained {summary.steps} steps ({summary.epochs} epochs, {summary.s_per_epoch} s/epoch, "
+        f"{summary.images_per_s} img/s, bf16={summary.bf16}); run {result.run_dir}"
+    )
+    parity = result.parity
+    console.print(f"agreement with PyTorch: ONNX Runtime {parity.onnxruntime}, OpenVINO {parity.openvino}")
+    _print_evaluation(result.evaluation, result.gate)
+    if result.version is None:
+        console.print("[red]refused:[/red] the quality gate did not pass; nothing was published")
+        raise typer.Exit(code=1)
+    console.print(f"published {loaded.publish.model_name} version {result.version}")
+    if result.promoted is not None:
+        console.print(f"{result.promoted.alias} -> version {result.promoted.version}")
+
+
+def train(
+    run_dir: RunDirOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    data_root: DataRootOption = None,
+    repository: RepositoryOption = None,
+    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/checkpoints/last.pt")] = False,
+    sets: SetOption = None,
+) -> None:
+    """Train the config's model into RUN_DIR (checkpoints/last.pt, train.json); step 1 of 4.
+
+    Random crops with the config's augmentations, CE + Dice, AdamW with warm-up + cosine; a
+    resumable checkpoint every train.checkpoint_every steps, validation mIoU per epoch (MLflow).
+    Then: prodseg export, evaluate, publish with the same --run-dir.
+    """
+    from prodseg.cli import console
+    from training.pipeline import RunDir, open_tracker, prepare_data, train_stage
+
+    with _user_errors():
+        loaded = _config(config, sets, _locations(data_root, repository))
+        contract, run = loaded.contract(), RunDir(run_dir)
+        with open_tracker(loaded, run) as tracker, _progress() as progress:
+            splits = prepare_data(loaded, run, contract, tracker, progress)
+            summary = train_stage(loaded, run, contract, splits, tracker, progress, resume).summary
+    console.print(
+        f"trained {summary.steps} steps in {summary.train_s} s ({summary.s_per_epoch} s/epoch), "
+        f"loss {summary.final_loss}, val mIoU {summary.val_miou}; checkpoint in {run.checkpoint}"
+    )
+
+
+def export(
+    run_dir: RunDirOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    data_root: DataRootOption = None,
+    repository: RepositoryOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Export RUN_DIR's trained model to ONNX and check parity; step 2 of 4.
+
+    The graph takes uint8 RGB frames and returns uint8 class ids (normalisation and argmax inside),
+    is slimmed with onnxslim, and is compared pixel by pixel with PyTorch on held-out test images
+    under ONNX Runtime (gated) and OpenVINO (reported). export.openvino_ir also writes an IR.
+    """
+    from prodseg.cli import console
+    from training.pipeline import RunDir, export_stage, open_tracker, prepare_data
+
+    with _user_errors():
+        loaded = _config(config, sets, _locations(data_root, repository))
+        contract, run = loaded.contract(), RunDir(run_dir)
+        with open_tracker(loaded, run, start=False) as tracker:
+            parity = export_stage(loaded, run, contract, prepare_data(loaded, run, contract), tracker=tracker)
+    console.print(
+        f"wrote {run.onnx}; agreement with PyTorch on {parity.images} images: ONNX Runtime "
+        f"{parity.onnxruntime}, OpenVINO ({parity.openvino_precision}) {parity.openvino}"
+    )
+
+
+def evaluate(
+    run_dir: RunDirOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    data_root: DataRootOption = None,
+    repository: RepositoryOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Evaluate RUN_DIR's ONNX model on the test split and decide the quality gate; step 3 of 4.
+
+    Writes evaluation/ (evaluation.json with mIoU, per-class IoU, pixel accuracy and F1,
+    confusion.png, worst/ overlays of the worst images) and gate.json. The gate checks the config's
+    thresholds and compares with the baseline alias's version, re-scored on the same test images.
+    Exits 0 either way: `prodseg publish` acts on the decision.
+    """
+    from training.pipeline import RunDir, evaluate_stage, open_tracker, prepare_data
+
+    with _user_errors():
+        loaded = _config(config, sets, _locations(data_root, repository))
+        contract, run = loaded.contract(), RunDir(run_dir)
+        with open_tracker(loaded, run, start=False) as tracker:
+            result, decision = evaluate_stage(
+                loaded, run, contract, prepare_data(loaded, run, contract), tracker
+            )
+    _print_evaluation(result, decision)
+
+
+def publish(
+    run_dir: RunDirOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    repository: RepositoryOption = None,
+    promote_to: Annotated[
+        str | None, typer.Option("--promote", help="then move this alias to it (default: publish.promote)")
+    ] = None,
+    sets: SetOption = None,
+) -> None:
+    """Publish RUN_DIR's model as the next version of the repository; step 4 of 4.
+
+    Refused (exit 1) unless RUN_DIR's gate passed. Writes <repository>/<model>/<N>/ with model.onnx,
+    model_card.json, MODEL_CARD.md and model.py -> ../model.py through one rename; never overwrites.
+    """
+    from prodseg.cli import console
+    from training.pipeline import RunDir, open_tracker, promote_stage, publish_stage
+
+    with _user_errors():
+        loaded = _config(config, sets, {"publish.repository": repository, "publish.promote": promote_to})
+        contract, run = loaded.contract(), RunDir(run_dir)
+        with open_tracker(loaded, run, start=False) as tracker:
+            version = publish_stage(loaded, run, contract, tracker)
+            console.print(f"published {contract.model_name} version {version}")
+            if loaded.publish.promote:
+                change = promote_stage(loaded, version, tracker)
+                console.print(f"{change.alias}: {change.previous} -> {change.version}")
+
+
+def promote(
+    version: Annotated[str, typer.Argument(help="a version number, 'latest', or another alias's name")],
+    alias: AliasOption = "production",
+    repository: RepositoryOption = None,
+    triton_url: TritonOption = None,
+) -> None:
+    """Point an alias at a published version; for 'production', Triton's configs follow.
+
+    Records the move in <model>/aliases.json (with its history) and, for the production alias,
+    pins version_policy to that version in config.pbtxt and every configs/*.pbtxt (comments kept).
+    With --triton-url, asks a running Triton (explicit model control) to reload the model.
+    """
+    from clients.contract import default_repository
+    from prodseg.cli import console
+    from training import registry
+
+    with _user_errors():
+        change = registry.promote(repository or default_repository(), version, alias, triton_url=triton_url)
+    _print_change(console, change)
+
+
+def rollback(
+    alias: AliasOption = "production",
+    repository: RepositoryOption = None,
+    triton_url: TritonOption = None,
+) -> None:
+    """Move an alias back to the version it pointed to before; for 'production', configs follow.
+
+    Fails (exit 2) when the alias has no earlier version in its history.
+    """
+    from clients.contract import default_repository
+    from prodseg.cli import console
+    from training import registry
+
+    with _user_errors():
+        change = registry.rollback(repository or default_repository(), alias, triton_url=triton_url)
+    _print_change(console, change)
+
+
+def build_engine(
+    version: Annotated[str, typer.Argument(help="a version number, 'latest', or an alias's name")],
+    repository: RepositoryOption = None,
+    opt_batch: Annotated[
+        int | None,
+        typer.Option(help="batch size to optimise for (default: the GPU config's largest preferred)"),
+    ] = None,
+    fp16: Annotated[bool, typer.Option(help="allow FP16 kernels")] = True,
+    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace")] = 4.0,
+) -> None:
+    """Build a TensorRT plan of a published version for this machine's GPU (needs a GPU and tensorrt).
+
+    Parses the version's model.onnx with the TensorRT Python API, FP16, one optimisation profile for
+    batch 1..max_batch_size of configs/gpu.pbtxt, and writes <version>/model.sm<CC>.plan for this
+    GPU's compute capability. configs/gpu-trt.pbtxt (platform tensorrt_plan) is regenerated from
+    gpu.pbtxt with the plan in cc_model_filenames; gpu.pbtxt (ONNX Runtime) stays the fallback.
+    """
+    from clients.contract import default_repository
+    from prodseg.cli import console
+    from training import engine_build, registry
+
+    with _user_errors():
+        engine_build.check_gpu()  # first, so a machine without a GPU fails before anything else
+        repo = repository or default_repository()
+        built = engine_build.build_engine(
+            repo, registry.resolve(repo, version), opt_batch=opt_batch, fp16=fp16, workspace_gib=workspace_gib
+        )
+    console.print(
+        f"built {built.plan} (compute capability {built.compute_capability}, TensorRT {built.tensorrt}, "
+        f"fp16={built.fp16}, batch profile {built.profile}) in {built.seconds} s; listed in {built.config}"
+    )
+
+
+def azureml_job(
+    config: ConfigOption = DEFAULT_CONFIG,
+    out: Annotated[
+        Path | None, typer.Option(help="job YAML to write (default: infra/azureml/<config>-job.yml)")
+    ] = None,
+    sets: SetOption = None,
+    submit: Annotated[
+        bool, typer.Option(help="also submit it (needs Azure credentials and network)")
+    ] = False,
+    subscription: Annotated[str | None, typer.Option(help="Azure subscription id, for --submit")] = None,
+    resource_group: Annotated[str | None, typer.Option(help="resource group, for --submit")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Azure ML workspace, for --submit")] = None,
+) -> None:
+    """Write the Azure ML command job that runs `prodseg pipeline` with this config on a GPU cluster.
+
+    Compute, base image and datastore URIs come from the config's azure section; packages from
+    pyproject.toml. `az ml job create -f <out>` submits the YAML, or pass --submit.
+    """
+    from prodseg.cli import console, fail
+    from training import azure
+    from training.config import PROJECT_ROOT
+
+    if submit and not (subscription and resource_group and workspace):
+        raise fail("--submit needs --subscription, --resource-group and --workspace")
+    with _user_errors():
+        job = azure.build_job(_config(config, sets), config)
+        path = azure.dump_job(job, out or PROJECT_ROOT / "infra" / "azureml" / f"{config.stem}-job.yml")
+    console.print(f"wrote {path}")
+    if submit:
+        console.print(f"submitted: {azure.submit(job, subscription, resource_group, workspace)}")
+
+
+def _print_evaluation(result: EvaluationResult, decision: GateResult) -> None:
+    from prodseg.cli import console
+
+    iou = ", ".join(f"{name} {value}" for name, value in result.per_class_iou.items())
+    console.print(
+        f"test mIoU {result.miou} on {result.images} images ({iou}); pixel accuracy "
+        f"{result.pixel_accuracy}, mean F1 {result.mean_f1}"
+    )
+    for line in decision.checks:
+        console.print(f"  gate {line}", highlight=False, markup=False)
+
+
+def _print_change(console: Console, change: AliasChange) -> None:
+    console.print(f"{change.alias}: {change.previous} -> {change.version}")
+    if change.configs:
+        console.print(f"  pinned version {change.version} in {', '.join(change.configs)}")
+    if change.reloaded:
+        console.print("  Triton reloaded the model")

@@ -92,14 +92,9 @@ def test_gateway_errors_reach_the_user(tmp_path: Path, gateway):
 
 
 def test_model_command_publishes_the_next_version(tmp_path: Path, contract):
-    import shutil
+    from tests.training.helpers import make_repository
 
-    from clients.contract import default_repository
-
-    model_dir = tmp_path / contract.model_name
-    model_dir.mkdir()
-    for name in ("config.pbtxt", "labels.txt", "model.py"):
-        shutil.copy(default_repository() / contract.model_name / name, model_dir)
+    model_dir = make_repository(tmp_path, size=None) / contract.model_name
     result = prodseg("model", "--steps", "2", "--scenes", "4", "--repository", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "published shelf_segmenter version 1" in result.stderr

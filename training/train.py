@@ -1,0 +1,543 @@
+"""The trainer: smp model by name, random crops + augmentation, CE + Dice, AdamW, warm-up + cosine.
+
+Images are resized to the contract's input once (as clients resize frames) and kept in memory, so
+object scale in training matches serving and each step only cuts crops. A run is a pure function of
+the config and the data on one machine: fixed seeds, a fixed thread count, and every random draw
+from one ``numpy.random.Generator`` (crops, flips, jitter) or torch's seeded generator (weights,
+dropout). :func:`train` writes a checkpoint every ``checkpoint_every`` steps holding model,
+optimiser, schedule, both RNG states and the step, and resuming from it gives the same weights as
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+
+from clients.contract import ModelContract
+from training.compat import patch_torchvision_ops
+from training.config import AugmentSpec, ModelSpec, PipelineConfig
+from training.datasets import DatasetError, Sample, SegmentationDataset, replace_atomically
+from training.evaluate import confusion_matrix
+from training.export import ServingModel, predictor
+
+patch_torchvision_ops()  # before smp, which imports timm and torchvision
+
+import segmentation_models_pytorch as smp  # noqa: E402
+
+if TYPE_CHECKING:
+    from training.tracking import Tracker
+
+CHECKPOINT_FORMAT = 1
+CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run; the message names the file."""
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+def create_model(arch: str, encoder: str, num_classes: int, **options: Any) -> torch.nn.Module:
+    """An smp model with random weights (``encoder_weights=None``: no downloads here)."""
+    return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes, **options)
+
+
+def build_model(spec: ModelSpec, num_classes: int) -> torch.nn.Module:
+    model = create_model(spec.arch, spec.encoder, num_classes, **spec.options)
+    if spec.encoder_weights is not None:
+        load_encoder_weights(model, spec.encoder_weights)
+    return model
+
+
+def load_encoder_weights(model: torch.nn.Module, path: Path) -> int:
+    """Load a local state dict into ``model.encoder``; returns the number of tensors loaded.
+
+    Accepts the encoder's own key names, a whole smp model's (``encoder.`` prefix) and a plain timm
+    model's (smp's ``tu-`` encoders hold it as ``model.``); heads (``fc``, ``classifier``) are skipped.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+    except Exception as error:  # any unreadable file: corrupt, wrong format, not a state dict
+        raise CheckpointError(f"{path}: not a readable state dict: {error}") from None
+    own = model.encoder.state_dict()
+    matched: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = next((k for k in (key, key.removeprefix("encoder."), f"model.{key}") if k in own), None)
+        if name is None:
+            continue
+        if own[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(tensor.shape)}, the encoder {list(own[name].shape)}"
+            )
+        matched[name] = tensor
+    if not matched:
+        raise CheckpointError(f"{path}: none of its {len(state)} tensors belongs to this encoder")
+    model.encoder.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+class InMemoryDataset:
+    """A dataset held as two uint8 arrays at the model's input size (~1 MB per 384x640 image)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, names: list[str], num_classes: int) -> None:
+        self.images, self.masks, self.names, self.num_classes = images, masks, names, num_classes
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> Sample:
+        return Sample(self.images[index], self.masks[index], self.names[index])
+
+
+def load_in_memory(
+    dataset: SegmentationDataset, contract: ModelContract, progress: Any = None, description: str = "load"
+) -> InMemoryDataset:
+    """Read (or render) every sample once, resized to the contract's input as a client would."""
+    size = (contract.height, contract.width)
+    images = np.empty((len(dataset), *size, 3), np.uint8)
+    masks = np.empty((len(dataset), *size), np.uint8)
+    names = []
+    task = progress.add_task(description, total=len(dataset)) if progress is not None else None
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        images[i] = contract.to_model_input(sample.image)
+        masks[i] = contract.mask_to_frame(sample.mask, size)
+        names.append(sample.name)
+        if task is not None:
+            progress.advance(task)
+    return InMemoryDataset(images, masks, names, dataset.num_classes)
+
+
+def sample_batch(
+    data: InMemoryDataset, augment: AugmentSpec, batch_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random crops, horizontal flips (shelves look the same mirrored; text is not read), then jitter.
+
+    Jitter draws happen only when enabled, so a config without it consumes the generator exactly as
+    the spine's default model did.
+    """
+    crop_h, crop_w = augment.crop
+    _, height, width = data.masks.shape
+    picks = rng.integers(0, len(data), batch_size)
+    tops = rng.integers(0, height - crop_h + 1, batch_size)
+    lefts = rng.integers(0, width - crop_w + 1, batch_size)
+    flips = rng.random(batch_size) < augment.hflip
+    images = np.empty((batch_size, crop_h, crop_w, 3), np.uint8)
+    masks = np.empty((batch_size, crop_h, crop_w), np.uint8)
+    for b, (i, top, left, flip) in enumerate(zip(picks, tops, lefts, flips, strict=True)):
+        step = -1 if flip else 1
+        images[b] = data.images[i, top : top + crop_h, left : left + crop_w][:, ::step]
+        masks[b] = data.masks[i, top : top + crop_h, left : left + crop_w][:, ::step]
+    _photometric(images, augment, rng)
+    return images, masks
+
+
+def _photometric(images: np.ndarray, augment: AugmentSpec, rng: np.random.Generator) -> None:
+    """Brightness/contrast jitter and JPEG round trips, in place; masks are untouched."""
+    count = len(images)
+    if augment.brightness or augment.contrast:
+        gains = rng.uniform(1 - augment.brightness, 1 + augment.brightness, count)
+        contrasts = rng.uniform(1 - augment.contrast, 1 + augment.contrast, count)
+        for image, gain, contrast in zip(images, gains, contrasts, strict=True):
+            pixels = image.astype(np.float32)
+            mean = pixels.mean()
+            image[...] = np.clip((pixels - mean) * contrast + mean * gain, 0, 255)
+    if augment.jpeg_probability:
+        chosen = rng.random(count) < augment.jpeg_probability
+        qualities = rng.integers(augment.jpeg_quality[0], augment.jpeg_quality[1] + 1, count)
+        for image, use, quality in zip(images, chosen, qualities, strict=True):
+            if use:
+                bgr = np.ascontiguousarray(image[..., ::-1])
+                _, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+                image[...] = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+# ---------------------------------------------------------------------------------------- schedule
+
+
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to zero at ``total``; fine for any step count.
+
+    A callable object rather than a closure, so ``LambdaLR.state_dict`` saves ``total`` (which a
+    time budget sets after the first steps) and a resumed run decays on the same curve.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (
+            1.0 + math.cos(math.pi * min(1.0, (step - self.warmup) / max(1, self.total - self.warmup)))
+        )
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    params: int
+    steps: int
+    steps_per_epoch: int
+    epochs: float
+    batch_size: int
+    train_images: int
+    images_seen: int
+    load_s: float  # reading/rendering and resizing the data
+    train_s: float  # optimisation steps only
+    eval_s: float  # validation during training
+    s_per_epoch: float
+    images_per_s: float
+    final_loss: float  # exponential moving average over the last ~50 steps
+    val_miou: float | None
+    bf16: bool
+    device: str
+    stopped_by: str  # "steps" or "time_budget"
+    resumed_from_step: int | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: torch.nn.Module  # fp32, CPU, eval mode
+    summary: TrainSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self.summary)
+
+
+def train(
+    config: PipelineConfig,
+    contract: ModelContract,
+    train_set: SegmentationDataset,
+    val_set: SegmentationDataset | None = None,
+    checkpoint: Path | None = None,
+    resume: Path | None = None,
+    tracker: Tracker | None = None,
+    progress: Any = None,
+) -> TrainResult:
+    """Train ``config.model`` on ``train_set``; validate every ``eval_every`` steps on ``val_set``.
+
+    ``checkpoint`` is where resumable checkpoints go (every ``checkpoint_every`` steps and at the
+    end); ``resume`` continues from one. ``progress`` is an optional ``rich.progress.Progress``; the
+    task description carries loss and throughput, so any column layout shows them.
+    """
+    config.check_contract(contract)
+    if len(train_set) == 0:
+        raise DatasetError("the training split is empty")
+    started = time.perf_counter()
+    data = load_in_memory(train_set, contract, progress, "load train")
+    val = (
+        load_in_memory(val_set, contract, progress, "load val")
+        if val_set is not None and len(val_set)
+        else None
+    )
+    load_s = time.perf_counter() - started
+    with _fixed_threads(config.train.threads):
+        trainer = _Trainer(config, contract, data, val, tracker, progress)
+        if resume is not None:
+            trainer.load(resume)
+        return trainer.run(checkpoint, load_s)
+
+
+@contextlib.contextmanager
+def _fixed_threads(threads: int) -> Iterator[None]:
+    """A fixed intra-op thread count: reduction order, hence results, repeat run to run."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _device(config: PipelineConfig) -> torch.device:
+    choice = config.train.device
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise config.error("train.device", "'cuda' but torch sees no CUDA device")
+    return torch.device(choice)
+
+
+def _build(config: PipelineConfig, num_classes: int) -> torch.nn.Module:
+    """build_model, with smp's complaints about option values turned into config errors."""
+    try:
+        return build_model(config.model, num_classes)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError) as error:
+        spec = config.model
+        raise config.error(
+            "model.options", f"smp cannot build {spec.arch} with {spec.options}: {error}"
+        ) from None
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast only where the hardware has it: elsewhere it emulates, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+class _Trainer:
+    """The state of one run (everything a checkpoint holds) and the loop that advances it."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        contract: ModelContract,
+        data: InMemoryDataset,
+        val: InMemoryDataset | None,
+        tracker: Tracker | None,
+        progress: Any,
+    ) -> None:
+        spec = config.train
+        self.config, self.contract, self.data, self.val = config, contract, data, val
+        self.tracker, self.progress = tracker, progress
+        self.device = _device(config)
+        self.bf16 = spec.bf16 and _bf16_supported(self.device)
+        self.memory_format = torch.channels_last if self.bf16 else torch.contiguous_format
+        self.steps_per_epoch = math.ceil(len(data) / spec.batch_size)
+        self.planned = spec.steps or (spec.epochs * self.steps_per_epoch if spec.epochs else None)
+
+        torch.manual_seed(spec.seed)
+        self.rng = np.random.default_rng(spec.seed)
+        self.net = ServingModel(_build(config, contract.num_classes))
+        self.net = self.net.to(self.device, memory_format=self.memory_format).train()
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
+        )
+        # Without a planned length (time budget only) the cosine waits for the calibration.
+        self.schedule_fn = WarmupCosine(config.schedule.warmup_steps, self.planned or 2**31)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule_fn)
+        self.cross_entropy = torch.nn.CrossEntropyLoss()
+        # Dice balances the thin, rare classes (shelf edges, price tags) against the large ones.
+        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True)
+
+        self.step = 0
+        self.ema_loss = float("nan")
+        self.train_s = self.eval_s = 0.0
+        self.calibrated = spec.time_budget_s is None
+        self.val_miou: float | None = None
+        self.resumed_from: int | None = None
+
+    # -- checkpoints
+
+    def _identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to continue this run: anything that shapes the trajectory."""
+        config = self.config.to_dict()
+        train = {k: config["train"][k] for k in ("epochs", "steps", "batch_size", "seed")}
+        sections = {k: config[k] for k in ("model", "loss", "optimizer", "schedule", "augment")}
+        return {
+            **sections,
+            "train": train,
+            "train_images": len(self.data),
+            "classes": self.contract.labels.names,
+        }
+
+    def save(self, path: Path) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "identity": self._identity(),
+            "model_spec": self.config.to_dict()["model"],
+            "num_classes": self.contract.num_classes,
+            "step": self.step,
+            "model": self.net.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "ema_loss": self.ema_loss,
+            "train_s": self.train_s,
+            "eval_s": self.eval_s,
+            "calibrated": self.calibrated,
+            "val_miou": self.val_miou,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, lambda tmp: torch.save(state, tmp))
+
+    def load(self, path: Path) -> None:
+        state = read_checkpoint(path)
+        expected = self._identity()
+        if state["identity"] != expected:
+            keys = _differences(state["identity"], expected)
+            raise CheckpointError(f"{path}: written by a different run configuration ({', '.join(keys)})")
+        self.net.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = self.resumed_from = state["step"]
+        self.ema_loss, self.train_s, self.eval_s = state["ema_loss"], state["train_s"], state["eval_s"]
+        self.calibrated, self.val_miou = state["calibrated"], state["val_miou"]
+
+    # -- the loop
+
+    def run(self, checkpoint: Path | None, load_s: float) -> TrainResult:
+        spec = self.config.train
+        task = None
+        if self.progress is not None:  # total None (time budget only): indeterminate until calibrated
+            task = self.progress.add_task("train", total=self.planned, completed=self.step)
+        session_start, session_steps = self.train_s, 0
+        stopped_by = "steps"
+        while self.step < self.schedule_fn.total:
+            started = time.perf_counter()
+            loss = self._train_step()
+            self.train_s += time.perf_counter() - started
+            self.step += 1
+            session_steps += 1
+            self.ema_loss = loss if math.isnan(self.ema_loss) else 0.98 * self.ema_loss + 0.02 * loss
+            rate = session_steps * spec.batch_size / max(self.train_s - session_start, 1e-9)
+            if not self.calibrated and self.step >= CALIBRATION_STEPS:
+                self._calibrate(task)
+            over_budget = spec.time_budget_s is not None and self.train_s + self.eval_s >= spec.time_budget_s
+            last = over_budget or self.step >= self.schedule_fn.total
+            if task is not None:
+                epoch = self.step / self.steps_per_epoch
+                self.progress.update(
+                    task,
+                    advance=1,
+                    description=f"train ep {epoch:.1f} loss {self.ema_loss:.3f} {rate:5.1f} img/s",
+                )
+            if self.step % (spec.eval_every or self.steps_per_epoch) == 0 or last:
+                self._log(rate)
+            if checkpoint is not None and (self.step % spec.checkpoint_every == 0 or last):
+                self.save(checkpoint)
+            if over_budget:
+                stopped_by = "time_budget"
+                break
+
+        model = self.net.model.to("cpu", memory_format=torch.contiguous_format).eval()
+        steps = max(self.step, 1)
+        summary = TrainSummary(
+            params=sum(p.numel() for p in model.parameters()),
+            steps=self.step,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=round(self.step / self.steps_per_epoch, 3),
+            batch_size=spec.batch_size,
+            train_images=len(self.data),
+            images_seen=self.step * spec.batch_size,
+            load_s=round(load_s, 2),
+            train_s=round(self.train_s, 2),
+            eval_s=round(self.eval_s, 2),
+            s_per_epoch=round(self.train_s / steps * self.steps_per_epoch, 2),
+            images_per_s=round(steps * spec.batch_size / max(self.train_s, 1e-9), 2),
+            final_loss=round(self.ema_loss, 4),
+            val_miou=self.val_miou,
+            bf16=self.bf16,
+            device=str(self.device),
+            stopped_by=stopped_by,
+            resumed_from_step=self.resumed_from,
+        )
+        return TrainResult(model, summary)
+
+    def _train_step(self) -> float:
+        images, masks = sample_batch(self.data, self.config.augment, self.config.train.batch_size, self.rng)
+        batch = torch.from_numpy(images).to(self.device)
+        target = torch.from_numpy(masks).to(self.device).long()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.net.model(self.net.preprocess(batch).contiguous(memory_format=self.memory_format))
+        logits = logits.float()
+        weights = self.config.loss
+        loss = weights.cross_entropy * self.cross_entropy(logits, target) + weights.dice * self.dice(
+            logits, target
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.item()
+
+    def _calibrate(self, task: Any) -> None:
+        """Size the cosine so it ends where the time budget will: steps that fit in what is left."""
+        budget = self.config.train.time_budget_s
+        assert budget is not None
+        per_step = self.train_s / self.step
+        fits = self.step + int(max(0.0, budget - self.train_s - self.eval_s) / per_step)
+        self.schedule_fn.total = max(self.step + 1, min(self.planned or fits, fits))
+        self.calibrated = True
+        if task is not None:
+            self.progress.update(task, total=self.schedule_fn.total)
+
+    def _log(self, rate: float) -> None:
+        metrics = {
+            "train/loss": self.ema_loss,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/images_per_s": rate,
+            "train/epoch": self.step / self.steps_per_epoch,
+        }
+        if self.val is not None:
+            started = time.perf_counter()
+            matrix = confusion_matrix(
+                predictor(self.net), self.val, self.contract, self.config.evaluate.batch_size
+            )
+            self.net.train()  # predictor() switched it to eval mode
+            self.eval_s += time.perf_counter() - started
+            self.val_miou = round(matrix.miou(), 4)
+            metrics["val/miou"] = self.val_miou
+            for name, iou in zip(self.contract.labels.names, matrix.iou(), strict=True):
+                if not np.isnan(iou):
+                    metrics[f"val/iou/{name}"] = float(iou)
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=self.step)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return keys
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not torch, or unsafe pickles: all mean "not ours"
+        raise CheckpointError(f"{path}: not a readable checkpoint: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a ProdSegmenter training checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_trained_model(path: Path) -> torch.nn.Module:
+    """The fp32 model of a checkpoint, rebuilt from the model spec stored in it."""
+    state = read_checkpoint(path)
+    spec = state["model_spec"]
+    model = create_model(spec["arch"], spec["encoder"], state["num_classes"], **spec["options"])
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -19,8 +19,10 @@ class GatewaySettings:
     max_image_bytes: int = field(default_factory=lambda: int(_env("MAX_IMAGE_BYTES", str(20 << 20))))
     # Requests kept in flight to Triton per job, and frames per request: together they let Triton's
     # dynamic batcher form batches while decode and encode overlap with inference.
-    max_in_flight: int = field(default_factory=lambda: int(_env("MAX_IN_FLIGHT", "4")))
-    frames_per_request: int = field(default_factory=lambda: int(_env("FRAMES_PER_REQUEST", "1")))
+    # 3 x 2 measured best on the embedded CPU stack (benchmarks/results/tuning.md): two frames per
+    # request halve the per-request cost of the python backend and the gRPC client.
+    max_in_flight: int = field(default_factory=lambda: int(_env("MAX_IN_FLIGHT", "3")))
+    frames_per_request: int = field(default_factory=lambda: int(_env("FRAMES_PER_REQUEST", "2")))
     chunk_frames: int = field(default_factory=lambda: int(_env("CHUNK_FRAMES", "8")))
     max_concurrent_jobs: int = field(default_factory=lambda: int(_env("MAX_CONCURRENT_JOBS", "2")))
     keep_finished_jobs: int = field(default_factory=lambda: int(_env("KEEP_FINISHED_JOBS", "50")))

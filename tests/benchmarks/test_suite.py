@@ -28,16 +28,11 @@ def test_suite_runs_every_path_and_writes_json_table_and_plot(tmp_path):
         "baseline_fps",
     ):
         assert medians[key] > 0, key
-    assert set(medians["triton_grpc"]) == {
-        "triton_grpc_c1",
-        "triton_grpc_c2",
-        "triton_grpc_c4",
-        "triton_grpc_c8",
-    }
+    assert set(medians["triton_grpc"]) == {f"triton_grpc_{w}" for w in ("1x1", "2x1", "4x1", "8x1", "3x2")}
     assert (
         saved["bytes_per_returned_frame"]["uint8_mask"] * 16
         == saved["bytes_per_returned_frame"]["fp32_logits"]
     )
     assert all(mb > 50 for mb in saved["peak_memory"].values())
-    assert "| gRPC -> Triton, 4 in flight |" in (tmp_path / "smoke.md").read_text()
+    assert "| gRPC -> Triton, 4 requests x 1 frames in flight |" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 0

@@ -67,3 +67,19 @@ def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> G
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def tools():
+    """The chart and infrastructure tools `make tools` installed (tests/charts, tests/infra)."""
+    from tests.charts.toolbox import find_tools
+
+    return find_tools()
+
+
+@pytest.fixture(scope="session")
+def objects(tools) -> list[dict]:
+    """The chart rendered with its default values (the production shape)."""
+    from tests.charts.toolbox import render
+
+    return render()

@@ -34,9 +34,8 @@ import numpy as np
 
 from clients.contract import ModelContract
 from clients.overlay import OverlayPainter
-from clients.triton_client import TritonSegmenter
 from clients.video import VideoSink, frames
-from prodseg.engine import latest_version, load_engine, measure_fps
+from prodseg.engine import latest_version, load_engine, measure_fps, measure_triton
 from prodseg.processes import free_port, http_ok, stop_process_group, wait_until_ready
 from prodseg.stack import EmbeddedStack
 from prodseg.triton_server import PROJECT_ROOT
@@ -56,27 +55,6 @@ def bare_video_pipeline(
             sink.write(painter(frame, contract.mask_to_frame(mask, frame.shape)))
             count += 1
     return count / (time.perf_counter() - started)
-
-
-async def triton_grpc(
-    url: str,
-    contract: ModelContract,
-    sample: list[np.ndarray],
-    in_flight: int,
-    count: int,
-    frames_per_request: int = 1,
-) -> dict:
-    latencies = []
-    async with TritonSegmenter(url, contract, in_flight, frames_per_request) as segmenter:
-        started = time.perf_counter()
-        async for result in segmenter.segment(sample[i % len(sample)] for i in range(count)):
-            latencies.append(result.timings["infer"])
-        seconds = time.perf_counter() - started
-    return {
-        "fps": count / seconds,
-        "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
-        "latency_ms_p95": 1000 * float(np.percentile(latencies, 95)),
-    }
 
 
 def gateway_job(url: str, video: Path) -> dict:
@@ -215,7 +193,7 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
             )
             for in_flight, per_request in windows:
                 result[f"triton_grpc_{in_flight}x{per_request}"] = asyncio.run(
-                    triton_grpc(
+                    measure_triton(
                         stack.triton.grpc_url, contract, sample, in_flight, int(seconds * 60), per_request
                     )
                 )

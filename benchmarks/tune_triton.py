@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.suite import RESULTS, triton_grpc
+from benchmarks.suite import RESULTS
 from clients.contract import ModelContract, default_repository
-from prodseg.engine import load_engine, measure_fps
+from prodseg.engine import load_engine, measure_fps, measure_triton
 from prodseg.triton_server import TritonServer
 
 VARIANTS = [  # (instances, openvino threads per instance)
@@ -65,7 +65,7 @@ def main(repeats: int = 2, frames_per_point: int = 360) -> None:
             for in_flight, per_request in WINDOWS:
                 fps = statistics.median(
                     asyncio.run(
-                        triton_grpc(
+                        measure_triton(
                             server.grpc_url, contract, sample, in_flight, frames_per_point, per_request
                         )
                     )["fps"]

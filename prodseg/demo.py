@@ -24,9 +24,8 @@ from rich.table import Table
 from clients.contract import ModelContract
 from clients.evaluation import ConfusionMatrix
 from clients.masks import read_mask_archive
-from clients.triton_client import TritonSegmenter
 from clients.video import frames, probe
-from prodseg.engine import latest_version, load_engine, measure_fps
+from prodseg.engine import latest_version, load_engine, measure_fps, measure_triton
 from prodseg.remote import download
 from prodseg.stack import EmbeddedStack
 
@@ -53,7 +52,9 @@ def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Conso
             download(client, job["masks_url"], out_dir / "masks.zip")
         with console.status("Timing gRPC streaming to Triton (no video decode/encode)"):
             sample = [contract.to_model_input(frame) for frame in itertools.islice(frames(video), 32)]
-            triton_fps = asyncio.run(stream_fps(stack.triton.grpc_url, contract, sample))
+            # one frame per request, 4 in flight: a live camera's path
+            stream = measure_triton(stack.triton.grpc_url, contract, sample, in_flight=4, count=300)
+            triton_fps = asyncio.run(stream)["fps"]
     stack_seconds = time.perf_counter() - started
 
     matrix = ConfusionMatrix(contract.num_classes)
@@ -89,18 +90,6 @@ def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Conso
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_summary(report, console)
     return report
-
-
-async def stream_fps(
-    grpc_url: str, contract: ModelContract, sample: list[np.ndarray], count: int = 300
-) -> float:
-    """Frames/s of model-size frames streamed to Triton with the gateway's in-flight window."""
-    async with TritonSegmenter(grpc_url, contract, max_in_flight=4) as segmenter:
-        started = time.perf_counter()
-        done = 0
-        async for _ in segmenter.segment(sample[i % len(sample)] for i in range(count)):
-            done += 1
-        return done / (time.perf_counter() - started)
 
 
 def client_triton_version(http_url: str) -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.contract import MODEL_NAME, default_repository
+from clients.contract import MODEL_NAME, ModelContract, default_repository
+from clients.triton_client import TritonSegmenter
 
 
 def latest_version(repository: Path | None = None, model_name: str = MODEL_NAME) -> int:
@@ -48,3 +49,26 @@ def measure_fps(engine, images: np.ndarray, seconds: float = 5.0, warmup: int = 
         engine(images[done % len(images)][None])
         done += 1
     return done / (time.perf_counter() - started)
+
+
+async def measure_triton(
+    url: str,
+    contract: ModelContract,
+    sample: list[np.ndarray],
+    in_flight: int,
+    count: int,
+    frames_per_request: int = 1,
+) -> dict:
+    """Frames/s and request latency of ``count`` frames streamed to Triton over gRPC with a window of
+    ``in_flight`` requests of ``frames_per_request`` frames (the path a client takes, no video)."""
+    latencies = []
+    async with TritonSegmenter(url, contract, in_flight, frames_per_request) as segmenter:
+        started = time.perf_counter()
+        async for result in segmenter.segment(sample[i % len(sample)] for i in range(count)):
+            latencies.append(result.timings["infer"])
+        seconds = time.perf_counter() - started
+    return {
+        "fps": count / seconds,
+        "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
+        "latency_ms_p95": 1000 * float(np.percentile(latencies, 95)),
+    }

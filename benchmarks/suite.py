@@ -161,7 +161,7 @@ class BaselineServer:
 
 
 def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_analyzer: bool = True) -> dict:
-    from training.synth import write_pan_video
+    from datagen.shelves import write_pan_video
 
     contract = ModelContract.load()
     work.mkdir(parents=True, exist_ok=True)

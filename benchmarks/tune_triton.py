@@ -50,7 +50,7 @@ def variant_repository(root: Path, instances: int, threads: int) -> Path:
 
 
 def main(repeats: int = 2, frames_per_point: int = 360) -> None:
-    from training.synth import render_scene
+    from datagen.shelves import render_scene
 
     contract = ModelContract.load()
     sample = [render_scene(seed, contract.height, contract.width).image for seed in range(16)]

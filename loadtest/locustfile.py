@@ -48,7 +48,7 @@ def _options(parser) -> None:
 
 
 def _frames() -> list[np.ndarray]:
-    from training.synth import render_pan_frames  # numpy/OpenCV only: no torch in load generators
+    from datagen.shelves import render_pan_frames  # numpy/OpenCV only: no torch in load generators
 
     scenes = render_pan_frames(3, 8, CONTRACT.height, CONTRACT.width, pixels_per_frame=40)
     return [scene.image for scene in scenes]

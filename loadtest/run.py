@@ -89,7 +89,7 @@ def run_locust(args: argparse.Namespace, prometheus=None) -> int:
     user_classes = ["CameraUser"]
     if args.upload_users:
         user_classes.append("UploadUser")
-        from training.synth import write_pan_video
+        from datagen.shelves import write_pan_video
 
         write_pan_video(args.out / "upload.mp4", args.out / "upload_masks.zip", seed=5, num_frames=60)
     steps = [int(s) for s in args.steps.split(",")]

@@ -182,7 +182,7 @@ def synth_video(
     width: int = 640,
 ) -> None:
     """Render a camera panning along a generated shelf, with per-frame ground-truth masks."""
-    from training.synth import write_pan_video
+    from datagen.shelves import write_pan_video
 
     masks = masks or output.with_name(output.stem + "_masks.zip")
     with console.status(f"Rendering {frames} frames"):
@@ -199,7 +199,7 @@ def synth_images(
     width: int = 640,
 ) -> None:
     """Render shelf scenes as images/NNNNNN.png and masks/NNNNNN.png (class ids)."""
-    from training.synth import write_dataset
+    from datagen.shelves import write_dataset
 
     with console.status(f"Rendering {count} scenes"):
         write_dataset(output_dir, count=count, seed=seed, height=height, width=width)

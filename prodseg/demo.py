@@ -31,7 +31,7 @@ from prodseg.stack import EmbeddedStack
 
 
 def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Console | None = None) -> dict:
-    from training.synth import write_pan_video  # the demo's input is generated data
+    from datagen.shelves import write_pan_video  # the demo's input is generated data
 
     console = console or Console()
     contract = ModelContract.load()

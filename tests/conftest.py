@@ -46,7 +46,7 @@ def contract() -> ModelContract:
 
 @pytest.fixture(scope="session")
 def shelf_video(tmp_path_factory: pytest.TempPathFactory, contract: ModelContract) -> ShelfVideo:
-    from training.synth import write_pan_video
+    from datagen.shelves import write_pan_video
 
     directory = tmp_path_factory.mktemp("shelf_video")
     video, masks = directory / "shelf.mp4", directory / "shelf_masks.zip"

@@ -26,7 +26,7 @@ import numpy as np
 
 from clients.labels import LabelMap
 from clients.masks import decode_mask_png, encode_mask_png
-from training.synth import render_scene, scene_seed
+from datagen.shelves import render_scene, scene_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the folder format reads (case-insensitive)
 SPLITS = ("train", "val", "test")
@@ -68,7 +68,7 @@ class SegmentationDataset(Protocol):
 
 
 class ProceduralDataset:
-    """``size`` scenes of :mod:`training.synth`, rendered on access (deterministic, nothing cached).
+    """``size`` scenes of :mod:`datagen.shelves`, rendered on access (deterministic, nothing cached).
 
     Scene ``i`` of a split has seed ``scene_seed(base, i)``, where the split's base seed is
     ``seed`` (train), ``seed + 1_000_003`` (val) or ``seed + 2_000_006`` (test). ``scene_seed`` mixes

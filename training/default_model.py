@@ -115,7 +115,7 @@ def build_default_model(
             contract=contract,
             model=pipeline.to_dict()["model"],
             params=trained.summary.params,
-            data={"generator": "training.synth", **asdict(pipeline.data), "crop": list(config.crop)},
+            data={"generator": "datagen.shelves", **asdict(pipeline.data), "crop": list(config.crop)},
             training={
                 **trained.to_dict(),
                 "lr": config.lr,

@@ -21,7 +21,7 @@ import numpy as np
 
 from clients.contract import ModelContract
 from training.datasets import IMAGE_SUFFIXES, DatasetError, atomic_directory
-from training.synth import render_scene, scene_seed
+from datagen.shelves import render_scene, scene_seed
 
 COLUMNS = ("image_name", "x1", "y1", "x2", "y2", "class", "image_width", "image_height")
 SYNTH_CLASS = "object"  # SKU-110K's one class name

@@ -42,7 +42,7 @@ def test_video_through_grpc_matches_ground_truth(
 
 
 def test_results_come_back_in_order_with_timings(triton, contract):
-    from training.synth import render_scene
+    from datagen.shelves import render_scene
 
     scenes = [render_scene(seed, contract.height, contract.width) for seed in range(6)]
 

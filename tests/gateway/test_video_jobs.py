@@ -72,7 +72,7 @@ def test_frame_endpoint_returns_a_mask_png_of_the_image_size(http, contract):
     import cv2
 
     from clients.masks import decode_mask_png
-    from training.synth import render_scene
+    from datagen.shelves import render_scene
 
     scene = render_scene(5, contract.height, contract.width)
     big = cv2.resize(scene.image, (960, 576))  # any size: the gateway resizes both ways

@@ -69,7 +69,7 @@ def test_segment_video_straight_to_triton(tmp_path: Path, triton, shelf_video):
 def test_segment_image_via_gateway_and_via_triton_agree(tmp_path: Path, triton, gateway, contract):
     import cv2
 
-    from training.synth import render_scene
+    from datagen.shelves import render_scene
 
     image = tmp_path / "shelf.png"
     cv2.imwrite(

@@ -19,7 +19,7 @@ from training.datasets import (
     build_splits,
     write_folder_dataset,
 )
-from training.synth import render_scene, scene_seed
+from datagen.shelves import render_scene, scene_seed
 
 H, W = 64, 96
 

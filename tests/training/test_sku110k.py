@@ -12,7 +12,7 @@ import pytest
 from clients.labels import LabelMap
 from training.datasets import DatasetError
 from training.sku110k import COLUMNS, Box, read_annotations, write_sku110k_from_synth
-from training.synth import render_scene, scene_seed
+from datagen.shelves import render_scene, scene_seed
 
 
 @pytest.fixture

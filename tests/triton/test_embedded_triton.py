@@ -17,7 +17,7 @@ pytestmark = pytest.mark.triton
 
 @pytest.fixture(scope="module")
 def frames(contract) -> np.ndarray:
-    from training.synth import render_scene
+    from datagen.shelves import render_scene
 
     return np.stack([render_scene(seed, contract.height, contract.width).image for seed in (1, 2, 3)])
 

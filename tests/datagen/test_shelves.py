@@ -10,7 +10,7 @@ from clients.contract import ModelContract
 from clients.labels import Label, LabelMap
 from clients.masks import read_mask_archive
 from clients.video import frames
-from training.synth import (
+from datagen.shelves import (
     Scene,
     render_pan_frames,
     render_scene,

@@ -116,18 +116,27 @@ class ModelContract:
 
         if config.name and config.name != model_dir.name:
             raise fail("name", f"{config.name!r} differs from its folder {model_dir.name!r}")
-        task_text = config.parameters[TASK_PARAMETER].string_value if TASK_PARAMETER in config.parameters else ""
+        task_text = (
+            config.parameters[TASK_PARAMETER].string_value if TASK_PARAMETER in config.parameters else ""
+        )
         try:
             task = Task(task_text)
         except ValueError:
             known = ", ".join(t.value for t in Task)
-            raise fail("parameters.task", f"{task_text or '(missing)'} is not a task; expected one of {known}")
+            raise fail(
+                "parameters.task", f"{task_text or '(missing)'} is not a task; expected one of {known}"
+            ) from None
         if config.max_batch_size < 1:
             raise fail("max_batch_size", "must be >= 1: every model takes a batch dimension")
         if len(config.input) != 1:
             raise fail("input", f"expected one input {INPUT_NAME!r}, found {len(config.input)}")
         image = config.input[0]
-        if image.name != INPUT_NAME or image.data_type != _UINT8 or len(image.dims) != 3 or image.dims[2] != 3:
+        if (
+            image.name != INPUT_NAME
+            or image.data_type != _UINT8
+            or len(image.dims) != 3
+            or image.dims[2] != 3
+        ):
             raise fail("input", f"expected {INPUT_NAME!r} TYPE_UINT8 [H, W, 3], got {_describe(image)}")
         height, width = int(image.dims[0]), int(image.dims[1])
         if height < 1 or width < 1:

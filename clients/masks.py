@@ -6,13 +6,14 @@ truth in it, so evaluation reads both the same way. Any tool that opens zip and 
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from clients.atomic import atomic_path
 
 
 class MaskArchiveWriter:
@@ -21,13 +22,12 @@ class MaskArchiveWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.count = 0
-        self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._atomic = atomic_path(self.path)
         self._zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> MaskArchiveWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # PNG is already compressed: store, don't deflate again.
-        self._zip = zipfile.ZipFile(self._partial, "w", compression=zipfile.ZIP_STORED)
+        self._zip = zipfile.ZipFile(self._atomic.__enter__(), "w", compression=zipfile.ZIP_STORED)
         return self
 
     def write(self, mask: np.ndarray) -> None:
@@ -38,10 +38,7 @@ class MaskArchiveWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._zip is not None
         self._zip.close()
-        if exc_type is None:
-            os.replace(self._partial, self.path)
-        else:
-            self._partial.unlink(missing_ok=True)
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def read_mask_archive(path: Path) -> Iterator[np.ndarray]:

@@ -1,14 +1,22 @@
-"""The video job: decode -> segment on Triton -> overlay -> encode, with the stages overlapping.
+"""The video job for any model: decode -> infer on Triton -> annotate -> encode, stages overlapping.
 
 Decoding and encoding run in worker threads (PyAV and OpenCV release the GIL) a chunk of frames at a
 time, while the event loop keeps several requests in flight to Triton. Bounded queues between the
 stages keep memory flat: a slow stage pushes back instead of piling up frames.
+
+Artefacts per task (every one appears atomically, and only if every frame succeeded):
+
+- all tasks: ``overlay.mp4`` (H.264, yuv420p, faststart: plays in browsers);
+- segmentation: ``masks.zip`` (lossless PNG class ids per frame) and ``timeline.jsonl`` (class shares);
+- detection: ``detections.jsonl`` (boxes in video pixels, labels, scores per frame);
+- classification: ``predictions.jsonl`` (label, confidence, probabilities per frame).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,13 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.atomic import atomic_path
+from clients.contract import ModelContract, Task
 from clients.masks import MaskArchiveWriter
-from clients.overlay import OverlayPainter
-from clients.result import FrameResult
-from clients.triton_client import TritonSegmenter
+from clients.overlay import Annotator
+from clients.results import FrameResult
+from clients.triton_client import TritonModelClient
 from clients.video import VideoSink, probe, read_chunks
 
 StageObserver = Callable[[str, float, int], None]  # (stage, seconds, frames)
+
+ARTIFACTS: dict[Task, tuple[str, ...]] = {
+    Task.SEGMENTATION: ("overlay.mp4", "masks.zip", "timeline.jsonl"),
+    Task.DETECTION: ("overlay.mp4", "detections.jsonl"),
+    Task.CLASSIFICATION: ("overlay.mp4", "predictions.jsonl"),
+}
 
 
 @dataclass
@@ -36,19 +52,20 @@ class VideoJobStats:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-async def segment_video(
+async def process_video(
     input_path: Path,
-    overlay_path: Path,
-    masks_path: Path | None,
-    segmenter: TritonSegmenter,
+    output_dir: Path,
+    client: TritonModelClient,
     chunk_size: int = 8,
     alpha: float = 0.45,
     on_progress: Callable[[int], None] | None = None,
     observe: StageObserver | None = None,
+    on_result: Callable[[np.ndarray, FrameResult], None] | None = None,
 ) -> VideoJobStats:
-    """Segment a whole video; outputs appear atomically, and only if every frame succeeded."""
+    """Run a whole video through ``client``'s model; writes the task's ``ARTIFACTS`` into ``output_dir``."""
     info = probe(input_path)
-    painter = OverlayPainter(segmenter.contract.labels, alpha)
+    contract = client.contract
+    annotate = Annotator(contract, alpha)
     stats = VideoJobStats()
 
     def record(stage: str, seconds: float, frames: int) -> None:
@@ -57,10 +74,10 @@ async def segment_video(
             observe(stage, seconds, frames)
 
     started = time.perf_counter()
-    originals: dict[int, np.ndarray] = {}  # frames in flight, kept for drawing their overlay
+    originals: dict[int, np.ndarray] = {}  # frames in flight, kept for drawing their annotation
     chunks = _decode_ahead(read_chunks(input_path, chunk_size), record)
 
-    async def frames_to_segment() -> AsyncIterator[np.ndarray]:
+    async def frames_to_infer() -> AsyncIterator[np.ndarray]:
         index = 0
         async for chunk in chunks:
             for frame in chunk:
@@ -68,13 +85,20 @@ async def segment_video(
                 index += 1
                 yield frame
 
-    with VideoSink(overlay_path, fps=info.fps) as sink, _optional_masks(masks_path) as masks:
-        writer = _ChunkWriter(sink, masks, painter, record)
+    output_dir = Path(output_dir)
+    with (
+        VideoSink(output_dir / "overlay.mp4", fps=info.fps) as sink,
+        _TaskSinks(output_dir, contract) as sinks,
+    ):
+        writer = _ChunkWriter(sink, sinks, annotate, record)
         pending: list[tuple[np.ndarray, FrameResult]] = []
         try:
-            async for result in segmenter.segment(frames_to_segment()):
-                record("infer", result.timings["infer"] / segmenter.frames_per_request, 1)
-                pending.append((originals.pop(result.frame_index), result))
+            async for result in client.stream(frames_to_infer()):
+                record("infer", result.timings["infer"] / client.frames_per_request, 1)
+                frame = originals.pop(result.frame_index)
+                if on_result:
+                    on_result(frame, result)
+                pending.append((frame, result))
                 if len(pending) == chunk_size:
                     await writer.submit(pending)
                     stats.frames += len(pending)
@@ -127,10 +151,10 @@ async def _decode_ahead(
 
 
 class _ChunkWriter:
-    """Overlay + encode one chunk at a time in a worker thread, overlapping with inference."""
+    """Annotate + encode one chunk at a time in a worker thread, overlapping with inference."""
 
-    def __init__(self, sink: VideoSink, masks: MaskArchiveWriter | None, painter, record) -> None:
-        self._sink, self._masks, self._painter, self._record = sink, masks, painter, record
+    def __init__(self, sink: VideoSink, sinks: _TaskSinks, annotate: Annotator, record) -> None:
+        self._sink, self._sinks, self._annotate, self._record = sink, sinks, annotate, record
         self._previous: asyncio.Future | None = None
 
     async def submit(self, chunk: list[tuple[np.ndarray, FrameResult]]) -> None:
@@ -145,24 +169,46 @@ class _ChunkWriter:
 
     def _write(self, chunk: list[tuple[np.ndarray, FrameResult]]) -> None:
         started = time.perf_counter()
-        blended = [self._painter(frame, result.mask) for frame, result in chunk]
+        annotated = [self._annotate(frame, result.prediction) for frame, result in chunk]
         overlay_done = time.perf_counter()
         self._record("overlay", overlay_done - started, len(chunk))
-        for frame in blended:
+        for frame in annotated:
             self._sink.write(frame)
-        if self._masks is not None:
-            for _, result in chunk:
-                self._masks.write(result.mask)
+        for _, result in chunk:
+            self._sinks.write(result)
         self._record("encode", time.perf_counter() - overlay_done, len(chunk))
 
 
-class _optional_masks:
-    def __init__(self, path: Path | None) -> None:
-        self._writer = MaskArchiveWriter(path) if path else None
+class _TaskSinks:
+    """The per-frame artefacts of a task beside the overlay: mask archive and JSON lines."""
 
-    def __enter__(self) -> MaskArchiveWriter | None:
-        return self._writer.__enter__() if self._writer else None
+    def __init__(self, output_dir: Path, contract: ModelContract) -> None:
+        self._contract = contract
+        self._stack = contextlib.ExitStack()
+        self._masks: MaskArchiveWriter | None = None
+        self._lines = None
+        names = ARTIFACTS[contract.task]
+        self._masks_path = output_dir / "masks.zip" if "masks.zip" in names else None
+        self._lines_path = output_dir / next(name for name in names if name.endswith(".jsonl"))
+
+    def __enter__(self) -> _TaskSinks:
+        with contextlib.ExitStack() as stack:
+            if self._masks_path is not None:
+                self._masks = stack.enter_context(MaskArchiveWriter(self._masks_path))
+            partial = stack.enter_context(atomic_path(self._lines_path))
+            self._lines = stack.enter_context(open(partial, "w"))
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, result: FrameResult) -> None:
+        prediction, labels = result.prediction, self._contract.labels
+        if self._masks is not None:
+            self._masks.write(prediction.mask)
+            body = prediction.summary(labels)
+        else:
+            body = prediction.to_json(labels)
+            body.pop("task", None)
+        self._lines.write(json.dumps({"frame": result.frame_index, **body}) + "\n")
 
     def __exit__(self, *exc_info) -> None:
-        if self._writer:
-            self._writer.__exit__(*exc_info)
+        self._stack.__exit__(*exc_info)

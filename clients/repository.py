@@ -73,7 +73,9 @@ def _check_variant(contract: ModelContract, model_dir: Path, variant: Path) -> N
         raise ContractError(f"{error} (in {relative})") from error
     # Variants tune batching and backends; tensors, task and labels must be the same.
     if dataclasses.replace(other, max_batch_size=contract.max_batch_size) != contract:
-        raise ContractError(f"{contract.model_name}: {relative}: inputs, outputs or task differ from config.pbtxt")
+        raise ContractError(
+            f"{contract.model_name}: {relative}: inputs, outputs or task differ from config.pbtxt"
+        )
 
 
 def _default_model(repository: Path, contracts: dict[str, ModelContract]) -> str | None:
@@ -83,7 +85,8 @@ def _default_model(repository: Path, contracts: dict[str, ModelContract]) -> str
     flagged = [
         name
         for name in contracts
-        if _parameter(read_model_config(repository / name / "config.pbtxt"), DEFAULT_MODEL_PARAMETER) == "true"
+        if _parameter(read_model_config(repository / name / "config.pbtxt"), DEFAULT_MODEL_PARAMETER)
+        == "true"
     ]
     if len(flagged) == 1:
         return flagged[0]

@@ -7,7 +7,6 @@ what a file holds or says clearly why it is not a video.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from clients.atomic import atomic_path
 
 
 class VideoError(ValueError):
@@ -46,6 +47,8 @@ def probe(path: Path) -> VideoInfo:
         reason = getattr(error, "strerror", None) or error.__class__.__name__  # no server paths in messages
         raise NotAVideoError(f"not a video: no known container format ({reason})") from error
     with container:
+        if _is_image_format(container.format.name):
+            raise NotAVideoError(f"not a video: the file is a still image ({container.format.name})")
         if not container.streams.video:
             raise NotAVideoError("not a video: the file has no video stream")
         stream = container.streams.video[0]
@@ -58,6 +61,11 @@ def probe(path: Path) -> VideoInfo:
             raise CorruptVideoError("corrupt video: the video stream has no decodable frame")
         rate = stream.average_rate or stream.guessed_rate or 30
         return VideoInfo(first.width, first.height, float(rate), stream.frames or 0)
+
+
+def _is_image_format(format_name: str) -> bool:
+    # FFmpeg opens stills as image demuxers (png_pipe, jpeg_pipe, webp_pipe, image2, ...).
+    return any(name.endswith("_pipe") or name == "image2" for name in format_name.split(","))
 
 
 def frames(path: Path) -> Iterator[np.ndarray]:
@@ -98,13 +106,14 @@ class VideoSink:
         self.crf = crf
         self.preset = preset
         self.frames_written = 0
-        self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._atomic = atomic_path(self.path)
         self._container: av.container.OutputContainer | None = None
         self._stream: av.VideoStream | None = None
 
     def __enter__(self) -> VideoSink:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self._partial), mode="w", format="mp4")
+        partial = self._atomic.__enter__()
+        # +faststart puts the index first, so browsers start playing before the download ends.
+        self._container = av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"})
         return self
 
     def write(self, frame: np.ndarray) -> None:
@@ -133,10 +142,11 @@ class VideoSink:
                     self._container.mux(packet)
         finally:
             self._container.close()
-        if exc_type is None and self.frames_written:
-            os.replace(self._partial, self.path)
-        else:
-            self._partial.unlink(missing_ok=True)
+        if exc_type is None and not self.frames_written:
+            exc_type, exc = ValueError, ValueError("no frames were written")
+            self._atomic.__exit__(exc_type, exc, None)  # an empty video is not a result: no file
+            return
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 class FPSMonitor:

@@ -1,4 +1,4 @@
-"""Video jobs: an in-process queue of uploads segmented by the pipeline, with status and outputs.
+"""Video jobs for any model: an in-process queue of uploads run through the video pipeline.
 
 One gateway replica owns its jobs (state is in memory; outputs on its data volume). Outputs are
 written atomically, the upload is deleted once the job ends, and only the newest finished jobs are
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from clients.pipeline import segment_video
-from clients.triton_client import TritonSegmenter
+from clients.pipeline import process_video
 from gateway.metrics import GatewayMetrics
+from gateway.models import ServedModel
 from gateway.settings import GatewaySettings
 
 
@@ -31,6 +31,8 @@ class JobStatus(StrEnum):
 @dataclass
 class Job:
     id: str
+    model: str
+    artifacts: tuple[str, ...]
     directory: Path
     filename: str
     upload_bytes: int
@@ -49,14 +51,6 @@ class Job:
         return self.directory / "upload"
 
     @property
-    def overlay_path(self) -> Path:
-        return self.directory / "overlay.mp4"
-
-    @property
-    def masks_path(self) -> Path:
-        return self.directory / "masks.zip"
-
-    @property
     def finished(self) -> bool:
         return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
@@ -66,6 +60,7 @@ class Job:
             progress = 1.0
         body = {
             "id": self.id,
+            "model": self.model,
             "status": self.status.value,
             "filename": self.filename,
             "frames_done": self.frames_done,
@@ -81,18 +76,16 @@ class Job:
                 "fps": round(self.fps or 0.0, 2),
                 "seconds": round((self.finished_at or 0) - (self.started_at or 0), 3),
                 "stage_seconds": {stage: round(s, 3) for stage, s in self.stage_seconds.items()},
-                "overlay_url": f"/v1/videos/{self.id}/overlay.mp4",
-                "masks_url": f"/v1/videos/{self.id}/masks.zip",
+                "artifacts": {
+                    name: f"/v1/models/{self.model}/videos/{self.id}/{name}" for name in self.artifacts
+                },
             }
         return body
 
 
 class JobManager:
-    def __init__(
-        self, settings: GatewaySettings, segmenter: TritonSegmenter, metrics: GatewayMetrics
-    ) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.settings = settings
-        self.segmenter = segmenter
         self.metrics = metrics
         self.jobs: dict[str, Job] = {}
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
@@ -108,10 +101,10 @@ class JobManager:
         directory.mkdir()
         return job_id, directory
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, model: ServedModel) -> None:
         self.jobs[job.id] = job
-        self.metrics.jobs_in_progress.inc()
-        task = asyncio.create_task(self._run(job))
+        self.metrics.jobs_in_progress.labels(job.model).inc()
+        task = asyncio.create_task(self._run(job, model))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -122,24 +115,25 @@ class JobManager:
         self.jobs.pop(job.id, None)
         shutil.rmtree(job.directory, ignore_errors=True)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, model: ServedModel) -> None:
         try:
             async with self._slots:
                 job.status, job.started_at = JobStatus.RUNNING, time.time()
-                stats = await segment_video(
+                stats = await process_video(
                     job.upload_path,
-                    job.overlay_path,
-                    job.masks_path,
-                    self.segmenter,
+                    job.directory,
+                    model.client,
                     chunk_size=self.settings.chunk_frames,
                     on_progress=lambda frames: setattr(job, "frames_done", frames),
-                    observe=self.metrics.observe_stage,
+                    observe=lambda stage, seconds, frames: self.metrics.observe_stage(
+                        job.model, stage, seconds, frames
+                    ),
                 )
             job.fps, job.stage_seconds, job.frames_done = stats.fps, stats.stage_seconds, stats.frames
             job.frames_total = stats.frames
             job.status = JobStatus.SUCCEEDED
-            self.metrics.frames.labels("video").inc(stats.frames)
-            self.metrics.job_fps.observe(stats.fps)
+            self.metrics.frames.labels(job.model, "video").inc(stats.frames)
+            self.metrics.job_fps.labels(job.model).observe(stats.fps)
         except asyncio.CancelledError:
             job.status, job.error = JobStatus.FAILED, "the gateway shut down during the job"
             raise
@@ -148,8 +142,8 @@ class JobManager:
         finally:
             job.finished_at = time.time()
             job.upload_path.unlink(missing_ok=True)
-            self.metrics.jobs_in_progress.dec()
-            self.metrics.jobs.labels(job.status.value).inc()
+            self.metrics.jobs_in_progress.labels(job.model).dec()
+            self.metrics.jobs.labels(job.model, job.status.value).inc()
             self._forget_old_jobs()
 
     def _forget_old_jobs(self) -> None:

@@ -6,17 +6,36 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clients.contract import default_repository
+from clients.images import DEFAULT_MAX_PIXELS
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"PRODSEG_{name}", default)
 
 
+def _flag(name: str, default: str) -> bool:
+    return _env(name, default).lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     triton_grpc_url: str = field(default_factory=lambda: _env("TRITON_GRPC_URL", "127.0.0.1:8001"))
+    # Where the model contracts come from (the same repository Triton serves), and which models to
+    # serve: every model of the repository unless PRODSEG_MODELS lists some (comma-separated).
+    model_repository: Path = field(default_factory=default_repository)
+    models: tuple[str, ...] = field(
+        default_factory=lambda: tuple(m.strip() for m in _env("MODELS", "").split(",") if m.strip())
+    )
+    # The Triton config variant in use (configs/<name>.pbtxt), for the versions it serves.
+    triton_config_name: str = field(default_factory=lambda: _env("TRITON_CONFIG_NAME", "cpu"))
     data_dir: Path = field(default_factory=lambda: Path(_env("GATEWAY_DATA_DIR", "out/gateway")))
     max_upload_bytes: int = field(default_factory=lambda: int(_env("MAX_UPLOAD_BYTES", str(512 << 20))))
     max_image_bytes: int = field(default_factory=lambda: int(_env("MAX_IMAGE_BYTES", str(20 << 20))))
+    max_image_pixels: int = field(
+        default_factory=lambda: int(_env("MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
+    )
+    max_images_per_request: int = field(default_factory=lambda: int(_env("MAX_IMAGES_PER_REQUEST", "16")))
     # Requests kept in flight to Triton per job, and frames per request: together they let Triton's
     # dynamic batcher form batches while decode and encode overlap with inference.
     # 3 x 2 measured best on the embedded CPU stack (benchmarks/results/tuning.md): two frames per

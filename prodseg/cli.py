@@ -6,7 +6,6 @@ is instant and serving commands never load training code.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
@@ -26,8 +25,6 @@ synth_app = typer.Typer(
 app.add_typer(synth_app, name="synth")
 console = Console(stderr=True)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
 
 def fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
@@ -45,7 +42,7 @@ def serve(
         Path | None, typer.Option(help="model repository (default: this checkout's)")
     ] = None,
 ) -> None:
-    """Run the embedded stack in the foreground: Triton + gateway on 127.0.0.1. Ctrl-C stops both."""
+    """Run the embedded stack: Triton (every model) + gateway on 127.0.0.1. Ctrl-C stops both."""
     from clients.contract import default_repository
     from prodseg.stack import EmbeddedStack
     from prodseg.triton_server import TritonServer
@@ -63,6 +60,9 @@ def serve(
     try:
         with console.status("Starting Triton and the gateway"):
             stack = EmbeddedStack(triton, gateway_port).start()
+        for name, error in triton.refused.items():
+            console.print(f"[red]refused[/red] {name}: {error}")
+        console.print(f"Models   {', '.join(triton.models)}")
         console.print(f"Triton   HTTP http://{triton.http_url}  gRPC {triton.grpc_url}")
         console.print(f"         metrics {triton.metrics_url}")
         console.print(f"Gateway  {stack.gateway.url}  (API docs at {stack.gateway.url}/docs)")
@@ -72,6 +72,7 @@ def serve(
     except KeyboardInterrupt:
         console.print("Stopping.")
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the children
         if stack is not None:
             stack.stop()
 
@@ -81,92 +82,63 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @app.command()
-def segment(
-    input_path: Annotated[Path, typer.Argument(help="a video (mp4, mkv, ...) or an image (png, jpg, ...)")],
+def predict(
+    input_path: Annotated[Path, typer.Argument(help="an image (png, jpg, ...) or a video (mp4, mkv, ...)")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="overlay video (.mp4) or mask/overlay image")
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="image: the result file (PNG mask, JSON or --overlay picture); "
+            "video: a folder for the task's artefacts (overlay.mp4, masks.zip, detections.jsonl...)",
+        ),
     ],
-    masks: Annotated[Path | None, typer.Option(help="also write per-frame class masks (zip of PNGs)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model name (default: the repository's default model)")
+    ] = None,
+    triton: Annotated[str, typer.Option(help="Triton gRPC address")] = "127.0.0.1:8001",
+    gateway: Annotated[str | None, typer.Option(help="use the gateway at this URL instead of Triton")] = None,
+    overlay: Annotated[bool, typer.Option(help="for images: write the annotated picture")] = False,
+    in_flight: Annotated[int, typer.Option(help="requests kept in flight to Triton")] = 4,
+) -> None:
+    """Run a model on an image or a video, straight to Triton over gRPC or through the gateway."""
+    from clients.repository import discover
+    from prodseg import predict as runner
+
+    if not input_path.is_file():
+        raise fail(f"{input_path} does not exist or is not a file")
+    found = discover()
+    name = model or found.default_model
+    if name is None:
+        raise fail("no default model in the repository: pass --model")
+    try:
+        contract = found.get(name)
+    except KeyError as error:
+        raise fail(str(error.args[0])) from error
+    try:
+        if gateway:
+            message = runner.predict_via_gateway(
+                gateway, name, contract, input_path, output, overlay, console
+            )
+        else:
+            message = runner.predict_via_triton(
+                contract, input_path, output, triton, overlay, in_flight, console
+            )
+    except runner.PredictError as error:
+        raise fail(str(error)) from error
+    console.print(message)
+
+
+@app.command(name="segment")
+def segment(
+    input_path: Annotated[Path, typer.Argument(help="an image or a video")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="result file (image) or folder (video)")],
     triton: Annotated[str, typer.Option(help="Triton gRPC address")] = "127.0.0.1:8001",
     gateway: Annotated[str | None, typer.Option(help="use the gateway at this URL instead of Triton")] = None,
     overlay: Annotated[bool, typer.Option(help="for images: write the overlay instead of class ids")] = False,
-    in_flight: Annotated[int, typer.Option(help="requests kept in flight to Triton")] = 4,
 ) -> None:
-    """Segment a video or an image, straight to Triton over gRPC or through the gateway."""
-    if not input_path.is_file():
-        raise fail(f"{input_path} does not exist or is not a file")
-    is_image = input_path.suffix.lower() in IMAGE_SUFFIXES
-    if gateway:
-        from prodseg.remote import segment_via_gateway
-
-        segment_via_gateway(gateway, input_path, output, masks, is_image, overlay, console)
-    elif is_image:
-        _segment_image(input_path, output, triton, overlay)
-    else:
-        _segment_video(input_path, output, masks, triton, in_flight)
-
-
-def _segment_image(input_path: Path, output: Path, triton: str, overlay: bool) -> None:
-    import cv2
-
-    from clients.masks import encode_mask_png
-    from clients.overlay import OverlayPainter
-    from clients.triton_client import SegmentationError, TritonSegmenter
-
-    bgr = cv2.imread(str(input_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise fail(f"{input_path} is not a decodable image")
-    frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    async def run():
-        async with TritonSegmenter(triton) as segmenter:
-            return await segmenter.segment_image(frame), segmenter.contract
-
-    try:
-        result, contract = asyncio.run(run())
-    except (SegmentationError, ConnectionError) as error:
-        raise fail(str(error)) from error
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if overlay:
-        cv2.imwrite(
-            str(output), cv2.cvtColor(OverlayPainter(contract.labels)(frame, result.mask), cv2.COLOR_RGB2BGR)
-        )
-    else:
-        output.write_bytes(encode_mask_png(result.mask))
-    console.print(f"wrote {output} ({result.timings['infer'] * 1000:.1f} ms inference)")
-
-
-def _segment_video(input_path: Path, output: Path, masks: Path | None, triton: str, in_flight: int) -> None:
-    from rich.progress import Progress
-
-    from clients.pipeline import segment_video
-    from clients.triton_client import SegmentationError, TritonSegmenter
-    from clients.video import VideoError, probe
-
-    try:
-        total = probe(input_path).frames or None
-    except VideoError as error:
-        raise fail(f"{input_path}: {error}") from error
-
-    async def run():
-        async with TritonSegmenter(triton, max_in_flight=in_flight) as segmenter:
-            if not await segmenter.is_ready():
-                raise fail(f"Triton at {triton} is not ready (start it with `prodseg serve`)")
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("Segmenting", total=total)
-                return await segment_video(
-                    input_path,
-                    output,
-                    masks,
-                    segmenter,
-                    on_progress=lambda n: progress.update(task, completed=n),
-                )
-
-    try:
-        stats = asyncio.run(run())
-    except (SegmentationError, VideoError) as error:
-        raise fail(str(error)) from error
-    console.print(f"wrote {output}: {stats.frames} frames at {stats.fps:.1f} frames/s")
+    """`prodseg predict` with the default model (the shelf segmenter)."""
+    predict(input_path, output, None, triton, gateway, overlay, 4)
 
 
 @synth_app.command("video")

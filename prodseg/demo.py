@@ -21,20 +21,22 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.contract import ModelContract
 from clients.evaluation import ConfusionMatrix
 from clients.masks import read_mask_archive
+from clients.repository import discover
 from clients.video import frames, probe
-from prodseg.engine import latest_version, load_engine, measure_fps, measure_triton
-from prodseg.remote import download
+from prodseg.engine import load_engine, measure_fps, measure_triton
+from prodseg.predict import download
 from prodseg.stack import EmbeddedStack
+
+DEMO_MODEL = "shelf_segmenter"  # the demo renders shelves, so it runs the shelf model
 
 
 def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Console | None = None) -> dict:
     from datagen.shelves import write_pan_video  # the demo's input is generated data
 
     console = console or Console()
-    contract = ModelContract.load()
+    contract = discover().get(DEMO_MODEL)
     out_dir.mkdir(parents=True, exist_ok=True)
     video, truth = out_dir / "input.mp4", out_dir / "ground_truth_masks.zip"
     with console.status(f"Rendering a {num_frames}-frame shelf video (seed {seed})"):
@@ -47,9 +49,10 @@ def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Conso
         console.print(f"Triton gRPC {stack.triton.grpc_url}, gateway {stack.gateway.url}")
         with httpx.Client(base_url=stack.gateway.url, timeout=120) as client:
             server = client_triton_version(stack.triton.http_url)
-            job = upload_and_wait(client, video, num_frames, console)
-            download(client, job["overlay_url"], out_dir / "overlay.mp4")
-            download(client, job["masks_url"], out_dir / "masks.zip")
+            job = upload_and_wait(client, contract.model_name, video, num_frames, console)
+            for name, url in job["artifacts"].items():
+                download(client, url, out_dir / name)
+            served_version = client.get(f"/v1/models/{contract.model_name}").json()["versions"]["ready"][-1]
         with console.status("Timing gRPC streaming to Triton (no video decode/encode)"):
             sample = [contract.to_model_input(frame) for frame in itertools.islice(frames(video), 32)]
             # one frame per request, 4 in flight: a live camera's path
@@ -63,7 +66,7 @@ def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Conso
     ):
         matrix.update(predicted, expected)
     with console.status("Timing the bare engine (OpenVINO, batch 1) on the same frames"):
-        engine_fps = measure_fps(load_engine(), np.stack(sample))
+        engine_fps = measure_fps(load_engine(contract.model_name, version=served_version), np.stack(sample))
 
     report = {
         "frames": job["frames_done"],
@@ -74,7 +77,7 @@ def run_demo(out_dir: Path, num_frames: int = 300, seed: int = 7, console: Conso
         "triton_version": server,
         "model": {
             "name": contract.model_name,
-            "version": latest_version(),
+            "version": served_version,  # what Triton served, not merely the newest folder
             "input": [contract.height, contract.width],
         },
         "job_seconds": job["seconds"],
@@ -96,9 +99,9 @@ def client_triton_version(http_url: str) -> str:
     return httpx.get(f"http://{http_url}/v2", timeout=10).json()["version"]
 
 
-def upload_and_wait(client: httpx.Client, video: Path, num_frames: int, console: Console) -> dict:
+def upload_and_wait(client: httpx.Client, model: str, video: Path, num_frames: int, console: Console) -> dict:
     with open(video, "rb") as file:
-        response = client.post("/v1/videos", files={"file": (video.name, file, "video/mp4")})
+        response = client.post(f"/v1/models/{model}/videos", files={"file": (video.name, file, "video/mp4")})
     response.raise_for_status()
     status_url = response.json()["status_url"]
     columns = (

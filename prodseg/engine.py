@@ -12,32 +12,27 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.contract import MODEL_NAME, ModelContract, default_repository
-from clients.triton_client import TritonSegmenter
-
-
-def latest_version(repository: Path | None = None, model_name: str = MODEL_NAME) -> int:
-    model_dir = (repository or default_repository()) / model_name
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    if not versions:
-        raise FileNotFoundError(f"{model_dir} has no version directories: run `prodseg model` first")
-    return max(versions)
+from clients.contract import ModelContract, default_repository
+from clients.repository import latest_version
+from clients.triton_client import TritonModelClient
 
 
 def load_engine(
+    model_name: str,
     repository: Path | None = None,
     version: int | None = None,
     engine: str = "openvino",
     threads: int = 0,
-    model_name: str = MODEL_NAME,
 ):
-    """An ``OnnxEngine`` for one version of the model (the latest by default)."""
-    model_dir = (repository or default_repository()) / model_name
-    version = version or latest_version(repository, model_name)
-    spec = importlib.util.spec_from_file_location("shelf_segmenter_runner", model_dir / "model.py")
+    """An ``OnnxEngine`` for one version of a model (the latest by default): the served runner's own."""
+    repository = Path(repository or default_repository())
+    version = version or latest_version(model_name, repository)
+    spec = importlib.util.spec_from_file_location("prodseg_onnx_runner", repository / "onnx_runner.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
-    return runner.OnnxEngine(model_dir / str(version) / "model.onnx", engine=engine, threads=threads)
+    return runner.OnnxEngine(
+        repository / model_name / str(version) / "model.onnx", engine=engine, threads=threads
+    )
 
 
 def measure_fps(engine, images: np.ndarray, seconds: float = 5.0, warmup: int = 5) -> float:
@@ -62,9 +57,9 @@ async def measure_triton(
     """Frames/s and request latency of ``count`` frames streamed to Triton over gRPC with a window of
     ``in_flight`` requests of ``frames_per_request`` frames (the path a client takes, no video)."""
     latencies = []
-    async with TritonSegmenter(url, contract, in_flight, frames_per_request) as segmenter:
+    async with TritonModelClient(url, contract, in_flight, frames_per_request) as client:
         started = time.perf_counter()
-        async for result in segmenter.segment(sample[i % len(sample)] for i in range(count)):
+        async for result in client.stream(sample[i % len(sample)] for i in range(count)):
             latencies.append(result.timings["infer"])
         seconds = time.perf_counter() - started
     return {

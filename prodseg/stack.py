@@ -12,7 +12,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prodseg.processes import free_port, http_ok, stop_process_group, wait_until_ready
+from prodseg.processes import (
+    free_port,
+    http_ok,
+    start_child,
+    stop_process_group,
+    stop_process_groups,
+    wait_until_ready,
+)
 from prodseg.triton_server import PROJECT_ROOT, TritonServer
 
 
@@ -42,15 +49,8 @@ class GatewayProcess:
                 "PRODSEG_GATEWAY_DATA_DIR": str(self.data_dir),
             }
         )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        command = [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = start_child(command, self.log_path, cwd=PROJECT_ROOT, env=env)
         try:
             self._wait_until_ready()
         except BaseException:  # including Ctrl-C while starting: never leave the process behind
@@ -92,10 +92,10 @@ class EmbeddedStack:
             raise
         return self
 
-    def stop(self) -> None:
-        if self.gateway is not None:
-            self.gateway.stop()
-        self.triton.stop()
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop both at once, bounded: SIGTERM, then SIGKILL whatever is left after ``timeout_s``."""
+        running = [p.process for p in (self.gateway, self.triton) if p is not None and p.process is not None]
+        stop_process_groups(running, timeout_s)
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

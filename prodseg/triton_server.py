@@ -18,8 +18,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.contract import MODEL_NAME, default_repository
-from prodseg.processes import StartError, free_port, http_ok, stop_process_group, wait_until_ready
+from clients.contract import default_repository
+from clients.repository import discover
+from prodseg.processes import (
+    StartError,
+    free_port,
+    http_ok,
+    start_child,
+    stop_process_group,
+    wait_until_ready,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +89,7 @@ class TritonServer:
     """Start/stop one embedded server. Use as a context manager; ports 0 pick free ones."""
 
     repository: Path = field(default_factory=default_repository)
-    models: tuple[str, ...] = (MODEL_NAME,)
+    models: tuple[str, ...] = ()  # () = every model of the repository whose contract holds
     config_name: str = "cpu"
     http_port: int = 0
     grpc_port: int = 0
@@ -90,6 +98,7 @@ class TritonServer:
     startup_timeout_s: float = 120.0
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = field(default=None, init=False)
+    refused: dict[str, str] = field(default_factory=dict, init=False)
 
     @property
     def http_url(self) -> str:
@@ -105,6 +114,10 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         install = TritonInstall.find()
+        if not self.models:
+            found = discover(self.repository)
+            self.models = tuple(found.contracts)
+            self.refused = found.errors  # reported by `prodseg serve`; the other models still load
         self.http_port, self.grpc_port, self.metrics_port = (
             port or free_port() for port in (self.http_port, self.grpc_port, self.metrics_port)
         )
@@ -129,14 +142,8 @@ class TritonServer:
             "--allow-cpu-metrics=true",
             *self.extra_args,
         ]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                env=install.environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopping it stops the stubs too
-            )
+        # Its own process group: stopping it stops the python stubs too.
+        self.process = start_child(command, self.log_path, env=install.environment())
         try:
             self._wait_until_ready()
         except BaseException:
@@ -155,7 +162,7 @@ class TritonServer:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the server's process group, then SIGKILL whatever is left after ``timeout_s``."""
         if self.process is not None:
             stop_process_group(self.process, timeout_s)

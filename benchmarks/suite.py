@@ -34,13 +34,16 @@ import numpy as np
 
 from clients.contract import ModelContract
 from clients.overlay import OverlayPainter
+from clients.repository import discover, latest_version
+from clients.results import Segmentation
 from clients.video import VideoSink, frames
-from prodseg.engine import latest_version, load_engine, measure_fps, measure_triton
+from prodseg.engine import load_engine, measure_fps, measure_triton
 from prodseg.processes import free_port, http_ok, stop_process_group, wait_until_ready
 from prodseg.stack import EmbeddedStack
 from prodseg.triton_server import PROJECT_ROOT
 
 RESULTS = Path(__file__).parent / "results"
+FLAGSHIP = "shelf_segmenter"  # the suite's video paths render shelves: they measure the shelf model
 PERF_ANALYZER = PROJECT_ROOT / ".tools" / "perf_analyzer" / "perf_analyzer"
 
 
@@ -51,8 +54,8 @@ def bare_video_pipeline(
     started, count = time.perf_counter(), 0
     with VideoSink(out, fps=30) as sink:
         for frame in frames(video):
-            mask = engine(contract.to_model_input(frame)[None])[0]
-            sink.write(painter(frame, contract.mask_to_frame(mask, frame.shape)))
+            mask = engine(contract.to_model_input(frame)[None])["masks"][0]
+            sink.write(painter(frame, Segmentation(mask).to_image_size(*frame.shape[:2]).mask))
             count += 1
     return count / (time.perf_counter() - started)
 
@@ -97,7 +100,7 @@ def perf_analyzer(grpc_url: str, concurrency: str) -> list[dict] | None:
     command = [
         str(PERF_ANALYZER),
         "-m",
-        "shelf_segmenter",
+        FLAGSHIP,
         "-u",
         grpc_url,
         "-i",
@@ -163,7 +166,7 @@ class BaselineServer:
 def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_analyzer: bool = True) -> dict:
     from datagen.shelves import write_pan_video
 
-    contract = ModelContract.load()
+    contract = ModelContract.load(FLAGSHIP)
     work.mkdir(parents=True, exist_ok=True)
     video = work / "shelf.mp4"
     write_pan_video(
@@ -177,7 +180,7 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
     sample = [contract.to_model_input(f) for f in itertools.islice(frames(video), 32)]
     batch = np.stack(sample)
     painter = OverlayPainter(contract.labels)
-    engines = {"openvino": load_engine(engine="openvino"), "onnxruntime": load_engine(engine="onnxruntime")}
+    engines = {name: load_engine(FLAGSHIP, engine=name) for name in ("openvino", "onnxruntime")}
     # (requests in flight, frames per request): one frame per request is a live camera; a video job
     # can send a few frames per request (benchmarks/tune_triton.py picked 3 x 2).
     windows = ((1, 1), (2, 1), (4, 1), (8, 1), (3, 2))
@@ -200,13 +203,40 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
             result["gateway_job"] = gateway_job(stack.gateway.url, video)
             result["baseline"] = baseline(base.url, sample, max(10, int(seconds * 5)))
             runs.append(result)
+        other_models = measure_other_models(stack.triton.grpc_url, sample, seconds, repeats)
         analyzer = perf_analyzer(stack.triton.grpc_url, "1:4") if with_perf_analyzer else None
         memory = {
             "triton_mb": peak_memory_mb(stack.triton.process.pid),
             "gateway_mb": peak_memory_mb(stack.gateway.process.pid),
             "baseline_mb": peak_memory_mb(base.process.pid),
         }
-    return summarise(runs, analyzer, memory, contract, seconds, num_frames)
+    return summarise(runs, analyzer, memory, contract, seconds, num_frames) | {"other_models": other_models}
+
+
+def measure_other_models(grpc_url: str, sample: list[np.ndarray], seconds: float, repeats: int) -> dict:
+    """Bare engine (OpenVINO, batch 1) vs Triton (gRPC, 4 x 1) frames/s of every other model, side by
+    side. Throughput hardly depends on content, so the shelf frames are resized to each model's input."""
+    results = {}
+    for name, contract in discover().contracts.items():
+        if name == FLAGSHIP:
+            continue
+        images = np.stack([contract.to_model_input(frame) for frame in sample])
+        engine = load_engine(name, engine="openvino")
+        engine_fps, triton_fps = [], []
+        for _ in range(repeats):
+            engine_fps.append(measure_fps(engine, images, seconds))
+            run = measure_triton(grpc_url, contract, list(images), 4, int(seconds * 60), 1)
+            triton_fps.append(asyncio.run(run)["fps"])
+        engine_median, triton_median = statistics.median(engine_fps), statistics.median(triton_fps)
+        results[name] = {
+            "task": contract.task.value,
+            "version": latest_version(name),
+            "input": [contract.height, contract.width],
+            "engine_openvino_fps": round(engine_median, 2),
+            "triton_grpc_4x1_fps": round(triton_median, 2),
+            "triton_vs_engine": round(triton_median / engine_median, 3),
+        }
+    return results
 
 
 def summarise(
@@ -245,7 +275,7 @@ def summarise(
         "versions": _versions(),
         "model": {
             "name": contract.model_name,
-            "version": latest_version(),
+            "version": latest_version(contract.model_name),
             "input": [contract.height, contract.width],
         },
         "settings": {"repeats": len(runs), "seconds_per_measurement": seconds, "video_frames": num_frames},

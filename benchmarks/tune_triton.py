@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.suite import RESULTS
+from clients.atomic import write_text
 from clients.contract import ModelContract, default_repository
 from prodseg.engine import load_engine, measure_fps, measure_triton
 from prodseg.triton_server import TritonServer
@@ -31,13 +32,15 @@ VARIANTS = [  # (instances, openvino threads per instance)
     (2, 2),
     (3, 1),
 ]
+FLAGSHIP = "shelf_segmenter"
 WINDOWS = [(2, 1), (4, 1), (2, 2), (3, 2), (2, 4)]  # (requests in flight, frames per request)
 
 
 def variant_repository(root: Path, instances: int, threads: int) -> Path:
-    source = default_repository() / "shelf_segmenter"
-    target = root / "shelf_segmenter"
+    source = default_repository() / FLAGSHIP
+    target = root / FLAGSHIP
     shutil.copytree(source, target, symlinks=True)
+    shutil.copy2(default_repository() / "onnx_runner.py", root / "onnx_runner.py")  # model.py links it
     config = target / "configs" / "cpu.pbtxt"
     text = re.sub(r"count: \d+", f"count: {instances}", config.read_text())
     text = re.sub(
@@ -45,16 +48,16 @@ def variant_repository(root: Path, instances: int, threads: int) -> Path:
         f'key: "openvino_threads" value: {{ string_value: "{threads}" }}',
         text,
     )
-    config.write_text(text)
+    write_text(config, text)
     return root
 
 
 def main(repeats: int = 2, frames_per_point: int = 360) -> None:
     from datagen.shelves import render_scene
 
-    contract = ModelContract.load()
+    contract = ModelContract.load(FLAGSHIP)
     sample = [render_scene(seed, contract.height, contract.width).image for seed in range(16)]
-    engine = load_engine()
+    engine = load_engine(FLAGSHIP)
     engine_fps = statistics.median(measure_fps(engine, np.stack(sample), 5) for _ in range(repeats))
     rows = []
     for instances, threads in VARIANTS:

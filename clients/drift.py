@@ -3,7 +3,8 @@
 Torch-free, for the gateway and the ``prodseg drift`` commands. Three parts, top to bottom:
 
 1. **Features of one sample** (:class:`Sample`): image features (brightness, contrast, blur as the
-   variance of the Laplacian, colourfulness, width, height, aspect ratio, and a few principal
+   variance of the Laplacian, colourfulness and the colour cast on its two opponent axes, width,
+   height, aspect ratio, and a few principal
    components of a 16x16 thumbnail, the PCA fitted on the reference) plus output features per task,
    computed from a plain summary dict (see :func:`summarize_outputs`):
 
@@ -49,7 +50,17 @@ from clients.contract import Task, default_repository
 REFERENCE_FILE = "drift_reference.json"
 SCHEMA_VERSION = 1
 
-IMAGE_FEATURES = ("brightness", "contrast", "blur", "colourfulness", "width", "height", "aspect_ratio")
+IMAGE_FEATURES = (
+    "brightness",
+    "contrast",
+    "blur",
+    "colourfulness",
+    "cast_red_green",
+    "cast_yellow_blue",
+    "width",
+    "height",
+    "aspect_ratio",
+)
 EMBEDDING_PREFIX = "embedding_pc"
 THUMBNAIL_SIZE = 16
 FEATURE_SIDE = 256  # image features are measured at this longer side, so blur means the same at any size
@@ -88,6 +99,9 @@ def image_features(image: np.ndarray) -> dict[str, float]:
         "contrast": float(contrast[0, 0]),
         "blur": float(cv2.Laplacian(grey, cv2.CV_64F).var()),  # low = blurred (or flat)
         "colourfulness": float(colourfulness),
+        # The mean of each opponent axis: a white-balance cast moves these before anything else.
+        "cast_red_green": float(rg.mean()),
+        "cast_yellow_blue": float(yb.mean()),
         "width": float(width),
         "height": float(height),
         "aspect_ratio": width / height,
@@ -131,7 +145,9 @@ def output_features(task: Task | str, summary: Mapping, class_names: Sequence[st
         shares = _require(summary, "class_shares", task)
         if len(shares) != num_classes:
             raise ValueError(f"class_shares has {len(shares)} values, the model has {num_classes} classes")
-        return Sample({f"share_{name}": float(share) for name, share in zip(class_names, shares, strict=True)})
+        return Sample(
+            {f"share_{name}": float(share) for name, share in zip(class_names, shares, strict=True)}
+        )
     if task == Task.DETECTION:
         count = int(_require(summary, "count", task))
         class_ids = tuple(int(c) for c in _require(summary, "class_ids", task))
@@ -305,8 +321,13 @@ class DriftReference:
             "class_names": list(self.class_names),
             "created": self.created,
             "samples": self.num_samples,
-            "embedding": {"mean": _rounded(self.embedding.mean), "components": _rounded(self.embedding.components)},
-            "numeric": {name: _rounded(values) for name, values in self.numeric.items()},
+            "embedding": {
+                "mean": _rounded(self.embedding.mean),
+                "components": _rounded(self.embedding.components),
+            },
+            # Exact values: rounding would make a discrete feature (width, aspect ratio) differ from
+            # the same value measured live, and KS would call every window drifted.
+            "numeric": {name: values.tolist() for name, values in self.numeric.items()},
             "class_counts": {name: counts.astype(int).tolist() for name, counts in self.class_counts.items()},
         }
 
@@ -316,7 +337,8 @@ class DriftReference:
             raise ValueError(f"drift reference schema {data.get('schema')!r} is not {SCHEMA_VERSION}")
         try:
             embedding = Embedding(
-                np.array(data["embedding"]["mean"], np.float32), np.array(data["embedding"]["components"], np.float32)
+                np.array(data["embedding"]["mean"], np.float32),
+                np.array(data["embedding"]["components"], np.float32),
             )
             return cls(
                 model_name=data["model"],
@@ -324,7 +346,9 @@ class DriftReference:
                 class_names=tuple(data["class_names"]),
                 embedding=embedding,
                 numeric={name: np.array(values, np.float64) for name, values in data["numeric"].items()},
-                class_counts={name: np.array(counts, np.int64) for name, counts in data["class_counts"].items()},
+                class_counts={
+                    name: np.array(counts, np.int64) for name, counts in data["class_counts"].items()
+                },
                 version=data.get("version"),
                 created=data.get("created", ""),
             )
@@ -392,7 +416,9 @@ def psi(reference: np.ndarray, window: np.ndarray, bins: int = PSI_BINS) -> floa
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def class_mix_test(reference_counts: np.ndarray, window_counts: np.ndarray, class_names: Sequence[str]) -> dict:
+def class_mix_test(
+    reference_counts: np.ndarray, window_counts: np.ndarray, class_names: Sequence[str]
+) -> dict:
     """Chi-square test of homogeneity: are classes mixed in the window as in the reference?"""
     reference_counts, window_counts = np.asarray(reference_counts), np.asarray(window_counts)
     result = {
@@ -432,5 +458,5 @@ def _class_counts(observations: Iterable[tuple[int, ...]], num_classes: int) -> 
 
 
 def _rounded(values: np.ndarray) -> list:
-    """Six significant digits: the tests are rank-based or coarse, and the file stays small."""
+    """Six significant digits for the PCA's parameters, so the file stays small."""
     return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(values, np.float64)).tolist()

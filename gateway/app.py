@@ -44,10 +44,8 @@ from gateway.models import ModelCatalog, ServedModel
 from gateway.settings import GatewaySettings
 from gateway.uploads import StoredUpload, receive_files
 
-ModelName = Annotated[str, PathParam(description="a model of the repository (GET /v1/models lists them)")]
 JobId = Annotated[str, PathParam(description="the id returned when the video was uploaded")]
 
-ArtifactName = Literal["overlay.mp4", "masks.zip", "timeline.jsonl", "detections.jsonl", "predictions.jsonl"]
 ARTIFACT_TYPES = {
     "overlay.mp4": "video/mp4",
     "masks.zip": "application/zip",
@@ -55,23 +53,6 @@ ARTIFACT_TYPES = {
     "detections.jsonl": "application/x-ndjson",
     "predictions.jsonl": "application/x-ndjson",
 }
-
-
-def _multipart(description: str, many: bool) -> dict[str, Any]:
-    file_schema = {"type": "string", "format": "binary"}
-    schema = {"type": "array", "items": file_schema, "minItems": 1} if many else file_schema
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"], "properties": {"file": schema}},
-                    "encoding": {"file": {"contentType": "application/octet-stream"}},
-                }
-            },
-            "description": description,
-        }
-    }
 
 
 class ModelInfo(BaseModel):
@@ -172,85 +153,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         ).observe(time.perf_counter() - started)
         return response
 
-    # ---- models -------------------------------------------------------------------------------------
+    # ---- core operations, shared by the per-model routes and the default model's aliases ---------
 
-    @app.get("/v1/models", response_model=ModelList, summary="Every served model")
-    async def list_models() -> dict:
-        described = await asyncio.gather(*(catalog.describe(m) for m in catalog.models.values()))
-        return {"models": described, "default_model": catalog.default_model, "unavailable": catalog.errors}
-
-    @app.get("/v1/models/{model}", response_model=ModelInfo, responses=errors(404), summary="One model")
-    async def get_model(model: ModelName) -> dict:
-        return await catalog.describe(catalog.get(model))
-
-    # ---- images -------------------------------------------------------------------------------------
-
-    image_responses = {
-        200: {
-            "description": "Segmentation with format=png and one image: a PNG of class ids at the image's "
-            "size (header X-Labels names them). Otherwise JSON: one result per image, in image pixels.",
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            "model": ImagePredictions,
-        },
-        **errors(400, 404, 413, 415, 422, 502, 503),
-    }
-
-    @app.post(
-        "/v1/models/{model}/images",
-        responses=image_responses,
-        openapi_extra=_multipart("one or more images (PNG, JPEG, BMP, WebP), each in a part 'file'", True),
-        summary="Predict on one or several images",
-    )
-    async def predict_images(
-        request: Request,
-        model: ModelName,
-        format: Annotated[
-            str,
-            Query(
-                pattern="^(png|json)$",
-                description="segmentation only: 'png' (class ids, one image) or 'json' (RLE masks)",
-            ),
-        ] = "",
-        confidence: Annotated[
-            float | None, Query(ge=0.0, le=1.0, description="detection only: minimum score, 0..1")
-        ] = None,
-    ) -> Response:
-        served = catalog.get(model)
-        return await _predict(request, served, format, confidence)
-
-    @app.post(
-        "/v1/frames",
-        responses=image_responses,
-        openapi_extra=_multipart("one image in a part 'file'", False),
-        summary="The default model on one image (alias of /v1/models/{default}/images)",
-    )
-    async def predict_frame(request: Request) -> Response:
-        return await _predict(request, catalog.default(), "", None, max_files=1)
-
-    async def _predict(
-        request: Request, served: ServedModel, format: str, confidence: float | None, max_files: int = 0
+    async def predict(
+        request: Request, served: ServedModel, format: str, confidence: float | None, max_files: int
     ) -> Response:
         contract = served.contract
-        if format and contract.task != Task.SEGMENTATION:
-            raise ApiError(
-                422, "invalid_option", f"'format' applies to segmentation; {served.name} does {contract.task}"
-            )
-        if confidence is not None and contract.task != Task.DETECTION:
-            raise ApiError(
-                422,
-                "invalid_option",
-                f"'confidence' applies to detection; {served.name} does {contract.task}",
-            )
         directory = settings.data_dir / "images" / uuid.uuid4().hex
-        limit = max_files or settings.max_images_per_request
         try:
-            uploads = await receive_files(request, directory, settings.max_image_bytes * limit, limit)
+            uploads = await receive_files(request, directory, settings.max_image_bytes * max_files, max_files)
             started = time.perf_counter()
             frames = [
                 await asyncio.to_thread(_decode, upload, settings.max_image_pixels) for upload in uploads
             ]
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+        if format == "png" and len(frames) > 1:
+            raise ApiError(422, "invalid_option", "format=png takes one image; use format=json for several")
         decoded = time.perf_counter()
         metrics.request_stage_seconds.labels(served.name, "decode").observe(decoded - started)
         try:
@@ -264,8 +183,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if contract.task == Task.SEGMENTATION and len(results) == 1 and format != "json":
             headers["X-Labels"] = ",".join(contract.labels.names)
             return Response(encode_mask_png(results[0].mask), media_type="image/png", headers=headers)
-        if format == "png":
-            raise ApiError(422, "invalid_option", "format=png takes one image; use format=json for several")
         body = {
             "model": served.name,
             "results": [
@@ -278,27 +195,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
         return JSONResponse(body, headers=headers)
 
-    # ---- videos -------------------------------------------------------------------------------------
-
-    video_upload = {
-        "responses": {
-            202: {"model": JobAccepted, "description": "the job was queued"},
-            **errors(400, 404, 413, 415, 422),
-        },
-        "openapi_extra": _multipart("a video (MP4, MOV, MKV, WebM, AVI...) in a part 'file'", False),
-        "status_code": 202,
-        "response_model": JobAccepted,
-    }
-
-    @app.post("/v1/models/{model}/videos", summary="Run a video through a model (a job)", **video_upload)
-    async def upload_video(request: Request, model: ModelName) -> JSONResponse:
-        return await _upload_video(request, catalog.get(model), prefix=f"/v1/models/{model}/videos")
-
-    @app.post("/v1/videos", summary="The default model on a video (alias)", **video_upload)
-    async def upload_default_video(request: Request) -> JSONResponse:
-        return await _upload_video(request, catalog.default(), prefix="/v1/videos")
-
-    async def _upload_video(request: Request, served: ServedModel, prefix: str) -> JSONResponse:
+    async def upload_video(request: Request, served: ServedModel, prefix: str) -> JSONResponse:
         jobs: JobManager = app.state.jobs
         job_id, directory = jobs.new_job_directory()
         try:
@@ -346,62 +243,88 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.jobs.delete(job)
         return Response(status_code=204)
 
-    artifact_responses = {
-        200: {
-            "description": "the artifact",
-            "content": {t: {} for t in sorted(set(ARTIFACT_TYPES.values()))},
-        },
-        **errors(404, 409),
-    }
+    # ---- the model list, then each model's own routes (documented with exactly its options) ----------
 
-    @app.get("/v1/models/{model}/videos/{job_id}", response_model=JobInfo, responses=errors(404))
-    async def video_status(model: ModelName, job_id: JobId) -> dict:
-        return job_of(model, job_id).to_json()
+    @app.get("/v1/models", response_model=ModelList, summary="Every served model", tags=["models"])
+    async def list_models() -> dict:
+        described = await asyncio.gather(*(catalog.describe(m) for m in catalog.models.values()))
+        return {"models": described, "default_model": catalog.default_model, "unavailable": catalog.errors}
+
+    for name, contract in catalog.contracts.items():
+        _add_model_routes(
+            app, name, contract, catalog, settings, predict, upload_video, job_of, artifact_file, delete_job
+        )
+
+    # Any other model name: 404 naming the known models (these routes are not in the OpenAPI document).
+    @app.api_route("/v1/models/{model}", methods=["GET"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/images", methods=["POST"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/videos", methods=["POST"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/videos/{job_id}", methods=["GET", "DELETE"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/videos/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
+    async def unknown_model(model: str) -> None:
+        catalog.get(model)  # raises 404 model_not_found
+        raise ApiError(404, "not_found", "no such route")
+
+    # ---- the default model's aliases (the flagship's routes before the platform had several models) ----
+
+    image_upload = _multipart("one image in a part 'file'", settings.max_images_per_request, many=False)
+
+    @app.post(
+        "/v1/frames",
+        responses=_image_responses(),
+        openapi_extra=image_upload,
+        summary="The default model on one image (alias of /v1/models/{default}/images)",
+        tags=["default model"],
+    )
+    async def predict_frame(request: Request) -> Response:
+        return await predict(request, catalog.default(), "", None, max_files=1)
+
+    @app.post(
+        "/v1/videos",
+        summary="The default model on a video (alias)",
+        tags=["default model"],
+        **_video_upload(),
+    )
+    async def upload_default_video(request: Request) -> JSONResponse:
+        return await upload_video(request, catalog.default(), prefix="/v1/videos")
 
     @app.get(
-        "/v1/models/{model}/videos/{job_id}/{artifact}",
-        responses=artifact_responses,
-        response_class=FileResponse,
-        summary="Download a finished job's artifact",
-    )
-    async def video_artifact(
-        model: ModelName,
-        job_id: JobId,
-        artifact: Annotated[ArtifactName, PathParam(description="one of the job's artifacts")],
-    ) -> FileResponse:
-        return artifact_file(job_of(model, job_id), artifact)
-
-    @app.delete(
-        "/v1/models/{model}/videos/{job_id}",
-        status_code=204,
-        response_class=Response,
-        responses={204: {"description": "deleted"}, **errors(404, 409)},
-    )
-    async def delete_video(model: ModelName, job_id: JobId) -> Response:
-        return delete_job(job_of(model, job_id))
-
-    @app.get(
-        "/v1/videos/{job_id}", response_model=JobInfo, responses=errors(404), summary="Job status (alias)"
+        "/v1/videos/{job_id}",
+        response_model=JobInfo,
+        responses=errors(404),
+        summary="Job status (alias)",
+        tags=["default model"],
     )
     async def default_video_status(job_id: JobId) -> dict:
         return job_of(None, job_id).to_json()
-
-    @app.get("/v1/videos/{job_id}/overlay.mp4", response_class=FileResponse, responses=artifact_responses)
-    async def default_video_overlay(job_id: JobId) -> FileResponse:
-        return artifact_file(job_of(None, job_id), "overlay.mp4")
-
-    @app.get("/v1/videos/{job_id}/masks.zip", response_class=FileResponse, responses=artifact_responses)
-    async def default_video_masks(job_id: JobId) -> FileResponse:
-        return artifact_file(job_of(None, job_id), "masks.zip")
 
     @app.delete(
         "/v1/videos/{job_id}",
         status_code=204,
         response_class=Response,
         responses={204: {"description": "deleted"}, **errors(404, 409)},
+        tags=["default model"],
     )
     async def delete_default_video(job_id: JobId) -> Response:
         return delete_job(job_of(None, job_id))
+
+    @app.get(
+        "/v1/videos/{job_id}/overlay.mp4",
+        response_class=FileResponse,
+        responses=_artifact_responses(("overlay.mp4",)),
+        tags=["default model"],
+    )
+    async def default_video_overlay(job_id: JobId) -> FileResponse:
+        return artifact_file(job_of(None, job_id), "overlay.mp4")
+
+    @app.get(
+        "/v1/videos/{job_id}/masks.zip",
+        response_class=FileResponse,
+        responses=_artifact_responses(("masks.zip",)),
+        tags=["default model"],
+    )
+    async def default_video_masks(job_id: JobId) -> FileResponse:
+        return artifact_file(job_of(None, job_id), "masks.zip")
 
     # ---- operations ---------------------------------------------------------------------------------
 
@@ -433,6 +356,165 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+IMAGE_TYPES = "image/png, image/jpeg, image/bmp, image/webp"
+VIDEO_TYPES = "video/mp4, video/quicktime, video/x-matroska, video/webm, video/x-msvideo"
+
+FormatOption = Annotated[
+    Literal["png", "json"],
+    Query(description="'png': class ids as a PNG at the image's size (one image); 'json': RLE masks"),
+]
+ConfidenceOption = Annotated[float, Query(ge=0.0, le=1.0, description="minimum detection score, 0..1")]
+
+
+def _add_model_routes(
+    app: FastAPI,
+    name: str,
+    contract,
+    catalog: ModelCatalog,
+    settings,
+    predict,
+    upload_video,
+    job_of,
+    artifact_file,
+    delete_job,
+) -> None:
+    """The routes of one model, each documented with exactly the options its task takes."""
+    base, tags = f"/v1/models/{name}", [name]
+    artifacts = ARTIFACTS[contract.task]
+    options = {Task.SEGMENTATION: {"format"}, Task.DETECTION: {"confidence"}}.get(contract.task, set())
+
+    def refuse_other_options(request: Request) -> None:
+        for key in request.query_params:
+            if key not in options:
+                takes = f"takes only {', '.join(sorted(options))}" if options else "takes no options"
+                raise ApiError(
+                    422, "invalid_option", f"{key!r} does not apply: {name} ({contract.task}) {takes}"
+                )
+
+    @app.get(base, response_model=ModelInfo, summary=f"{name}: task, labels, size, versions", tags=tags)
+    async def describe() -> dict:
+        return await catalog.describe(catalog.get(name))
+
+    images = {
+        "responses": _image_responses(contract.task),
+        "openapi_extra": _multipart(
+            "one or more images, each in a part 'file'", settings.max_images_per_request, many=True
+        ),
+        "summary": f"{name}: predict on one or several images",
+        "tags": tags,
+    }
+    if contract.task == Task.SEGMENTATION:
+
+        @app.post(f"{base}/images", **images)
+        async def segment_images(request: Request, format: FormatOption = "png") -> Response:
+            refuse_other_options(request)
+            return await predict(request, catalog.get(name), format, None, settings.max_images_per_request)
+
+    elif contract.task == Task.DETECTION:
+
+        @app.post(f"{base}/images", **images)
+        async def detect_images(request: Request, confidence: ConfidenceOption = 0.0) -> Response:
+            refuse_other_options(request)
+            return await predict(request, catalog.get(name), "", confidence, settings.max_images_per_request)
+
+    else:
+
+        @app.post(f"{base}/images", **images)
+        async def classify_images(request: Request) -> Response:
+            refuse_other_options(request)
+            return await predict(request, catalog.get(name), "", None, settings.max_images_per_request)
+
+    @app.post(f"{base}/videos", summary=f"{name}: run a video (a job)", tags=tags, **_video_upload())
+    async def video(request: Request) -> JSONResponse:
+        return await upload_video(request, catalog.get(name), prefix=f"{base}/videos")
+
+    @app.get(f"{base}/videos/{{job_id}}", response_model=JobInfo, responses=errors(404), tags=tags)
+    async def video_status(job_id: JobId) -> dict:
+        return job_of(name, job_id).to_json()
+
+    @app.delete(
+        f"{base}/videos/{{job_id}}",
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "deleted"}, **errors(404, 409)},
+        tags=tags,
+    )
+    async def delete_video(job_id: JobId) -> Response:
+        return delete_job(job_of(name, job_id))
+
+    async def video_artifact(job_id: JobId, artifact: str) -> FileResponse:
+        return artifact_file(job_of(name, job_id), artifact)
+
+    # This task's artefacts only: an enum in the document, a 422 for any other name. Set as an object,
+    # not a string annotation, since it is built here at run time.
+    artifact_names = Literal[artifacts]  # type: ignore[valid-type]
+    video_artifact.__annotations__["artifact"] = Annotated[
+        artifact_names, PathParam(description="an artefact")
+    ]
+    app.get(
+        f"{base}/videos/{{job_id}}/{{artifact}}",
+        response_class=FileResponse,
+        responses=_artifact_responses(artifacts),
+        summary=f"{name}: download a finished job's artefact",
+        tags=tags,
+    )(video_artifact)
+
+
+def _multipart(description: str, max_files: int, many: bool) -> dict[str, Any]:
+    """A multipart body with a part 'file' (or several), for the OpenAPI document: the routes parse the
+    stream themselves (gateway.uploads), so FastAPI cannot infer it."""
+    video = "video" in description
+    file_schema = {"type": "string", "format": "binary"}
+    schema = (
+        {"type": "array", "items": file_schema, "minItems": 1, "maxItems": max_files} if many else file_schema
+    )
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": {"file": schema}},
+                    "encoding": {"file": {"contentType": VIDEO_TYPES if video else IMAGE_TYPES}},
+                }
+            },
+            "description": description,
+        }
+    }
+
+
+def _image_responses(task: Task | None = None) -> dict:
+    json_result = {"model": ImagePredictions, "description": "one result per image, in image pixels"}
+    if task not in (None, Task.SEGMENTATION):
+        return {200: json_result, **errors(400, 413, 415, 422, 502)}
+    png = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        200: json_result
+        | {
+            "description": "format=png (default) and one image: a PNG of class ids at the image's size "
+            "(header X-Labels names them); format=json: RLE masks per image",
+            "content": png,
+        },
+        **errors(400, 404, 413, 415, 422, 502),
+    }
+
+
+def _video_upload() -> dict:
+    return {
+        "responses": {
+            202: {"model": JobAccepted, "description": "the job was queued"},
+            **errors(400, 404, 413, 415, 422),
+        },
+        "openapi_extra": _multipart("a video (MP4, MOV, MKV, WebM, AVI...) in a part 'file'", 1, many=False),
+        "status_code": 202,
+        "response_model": JobAccepted,
+    }
+
+
+def _artifact_responses(artifacts: tuple[str, ...]) -> dict:
+    content = {ARTIFACT_TYPES[name]: {"schema": {"type": "string", "format": "binary"}} for name in artifacts}
+    return {200: {"description": "the artefact", "content": content}, **errors(404, 409)}
 
 
 def _decode(upload: StoredUpload, max_pixels: int):

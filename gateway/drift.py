@@ -56,13 +56,19 @@ class DriftMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.detected = Gauge(
-            "prodseg_drift_detected", "1 when the model's input/output window drifted", ["model"], registry=registry
+            "prodseg_drift_detected",
+            "1 when the model's input/output window drifted",
+            ["model"],
+            registry=registry,
         )
         self.window_samples = Gauge(
             "prodseg_drift_window_samples", "Samples in the drift window", ["model"], registry=registry
         )
         self.insufficient = Gauge(
-            "prodseg_drift_insufficient_data", "1 while the window is too small to judge", ["model"], registry=registry
+            "prodseg_drift_insufficient_data",
+            "1 while the window is too small to judge",
+            ["model"],
+            registry=registry,
         )
         self.statistic = Gauge(
             "prodseg_drift_feature_statistic",
@@ -77,7 +83,10 @@ class DriftMetrics:
             registry=registry,
         )
         self.drifted = Gauge(
-            "prodseg_drift_feature_drifted", "1 when the feature drifted", ["model", "feature"], registry=registry
+            "prodseg_drift_feature_drifted",
+            "1 when the feature drifted",
+            ["model", "feature"],
+            registry=registry,
         )
         self.last_evaluation = Gauge(
             "prodseg_drift_last_evaluation_timestamp_seconds",
@@ -130,7 +139,12 @@ class DriftMonitor:
 
     @classmethod
     def for_model(
-        cls, model_name: str, version: int, registry: CollectorRegistry, repository: Path | None = None, **options
+        cls,
+        model_name: str,
+        version: int,
+        registry: CollectorRegistry,
+        repository: Path | None = None,
+        **options,
     ) -> DriftMonitor | None:
         """The monitor of a model version, or None when it has no ``drift_reference.json`` (logged)."""
         path = reference_path(model_name, version, repository)

@@ -53,10 +53,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error.status_code, error.code, error.message, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        # Keep Starlette's headers: a 405 must say which methods are allowed (Allow).
-        return error_response(error.status_code, code, str(error.detail), dict(error.headers or {}))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # Starlette names only the first matching route's methods; a path served by several routes
+            # (GET and DELETE of a job) must list them all.
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return error_response(error.status_code, code, str(error.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -64,3 +68,13 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
         )
         return error_response(422, "invalid_request", problems)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path``."""
+    methods: set[str] = set()
+    for route in app.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods)

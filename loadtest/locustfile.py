@@ -30,13 +30,15 @@ from loadtest.camera import CameraStream  # noqa: E402
 from loadtest.stats import RunRecorder  # noqa: E402
 from loadtest.triton_metrics import TritonSnapshot  # noqa: E402
 
-CONTRACT = ModelContract.load()
+# The model under load (--model): set at init, before any user starts.
+CONTRACT: ModelContract | None = None
 RECORDER = RunRecorder()
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     parser.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    parser.add_argument("--model", default="shelf_segmenter", help="the model the cameras stream to")
     parser.add_argument("--triton-metrics", default="", help="Triton metrics URL (optional)")
     parser.add_argument("--camera-fps", type=float, default=30.0)
     parser.add_argument("--camera-window", type=int, default=2, help="requests in flight per camera")
@@ -59,7 +61,9 @@ FRAMES: list[np.ndarray] = []
 
 @events.init.add_listener
 def _init(environment, **_) -> None:
+    global CONTRACT
     options = environment.parsed_options
+    CONTRACT = ModelContract.load(options.model)
     UploadUser.fixed_count = options.upload_users
     FRAMES.extend(_frames())
     RECORDER.attach(environment)
@@ -70,7 +74,7 @@ def _start(environment, **_) -> None:
     options = environment.parsed_options
     RECORDER.start([int(s) for s in options.steps.split(",")], options.step_seconds)
     if options.triton_metrics:
-        RECORDER.triton_before = TritonSnapshot.scrape(options.triton_metrics)
+        RECORDER.triton_before = TritonSnapshot.scrape(options.triton_metrics, options.model)
 
 
 @events.test_stop.add_listener
@@ -79,7 +83,9 @@ def _stop(environment, **_) -> None:
     triton = None
     if options.triton_metrics and RECORDER.triton_before is not None:
         try:
-            triton = TritonSnapshot.scrape(options.triton_metrics).since(RECORDER.triton_before)
+            triton = TritonSnapshot.scrape(options.triton_metrics, options.model).since(
+                RECORDER.triton_before
+            )
         except OSError as error:  # a dead server still gets a report, with the reason
             triton = {"error": str(error)}
     report = RECORDER.report(
@@ -115,7 +121,7 @@ class CameraUser(User):
         RECORDER.completed(self, latency_s, error)
         self.environment.events.request.fire(
             request_type="grpc",
-            name="shelf_segmenter frame",
+            name=f"{CONTRACT.model_name} frame",
             response_time=latency_s * 1000,
             response_length=CONTRACT.height * CONTRACT.width,
             exception=error,
@@ -139,19 +145,22 @@ class UploadUser(HttpUser):
 
     @task
     def upload_and_wait(self) -> None:
-        video = Path(self.environment.parsed_options.upload_video)
+        options = self.environment.parsed_options
+        video = Path(options.upload_video)
         if not video.is_file():
             raise RuntimeError("UploadUser needs --upload-video")
         with open(video, "rb") as file:
             response = self.client.post(
-                "/v1/videos", files={"file": (video.name, file, "video/mp4")}, name="POST /v1/videos"
+                f"/v1/models/{options.model}/videos",
+                files={"file": (video.name, file, "video/mp4")},
+                name="POST /v1/models/{model}/videos",
             )
         if response.status_code != 202:
             return
         started = time.perf_counter()
         status_url = response.json()["status_url"]
         while True:
-            job = self.client.get(status_url, name="GET /v1/videos/{id}").json()
+            job = self.client.get(status_url, name="GET /v1/models/{model}/videos/{id}").json()
             if job["status"] in ("succeeded", "failed"):
                 break
             gevent.sleep(0.5)
@@ -163,7 +172,7 @@ class UploadUser(HttpUser):
             exception=None if job["status"] == "succeeded" else RuntimeError(job["error"]),
             context={},
         )
-        self.client.delete(status_url, name="DELETE /v1/videos/{id}")
+        self.client.delete(status_url, name="DELETE /v1/models/{model}/videos/{id}")
 
 
 class StepShape(LoadTestShape):

@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="", help="gateway URL; empty: start the embedded stack")
     parser.add_argument("--triton-grpc", default="", help="Triton gRPC host:port (with --host)")
     parser.add_argument("--triton-metrics", default="", help="Triton metrics URL (with --host)")
+    parser.add_argument("--model", default="shelf_segmenter", help="model the cameras stream shelf frames to")
     parser.add_argument("--steps", default="1,2,3,4", help="cameras per step")
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second each camera sends")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.triton_grpc:
             print("error: --triton-grpc is required with --host", file=sys.stderr)
             return 2
-        if problem := preflight(args.triton_grpc):
+        if problem := preflight(args.triton_grpc, args.model):
             print(f"error: {problem}", file=sys.stderr)
             return 2
         prometheus = None
@@ -72,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_locust(args, prometheus)
 
 
-def preflight(triton_grpc: str) -> str | None:
+def preflight(triton_grpc: str, model: str) -> str | None:
     """Say why the target cannot take load, or None when it can."""
     try:
         with grpcclient.InferenceServerClient(triton_grpc) as client:
-            if not client.is_model_ready("shelf_segmenter", client_timeout=5):
-                return f"Triton at {triton_grpc} is up but shelf_segmenter is not ready"
+            if not client.is_model_ready(model, client_timeout=5):
+                return f"Triton at {triton_grpc} is up but {model} is not ready"
     except InferenceServerException as error:
         return f"Triton at {triton_grpc} is not reachable: {error.message()}"
     return None
@@ -105,6 +106,8 @@ def run_locust(args: argparse.Namespace, prometheus=None) -> int:
         args.host,
         "--triton-grpc",
         args.triton_grpc,
+        "--model",
+        args.model,
         "--triton-metrics",
         args.triton_metrics,
         "--steps",

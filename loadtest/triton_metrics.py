@@ -25,7 +25,7 @@ class TritonSnapshot:
     values: dict[str, float]
 
     @classmethod
-    def scrape(cls, metrics_url: str, model: str = "shelf_segmenter") -> TritonSnapshot:
+    def scrape(cls, metrics_url: str, model: str) -> TritonSnapshot:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             text = response.read().decode()
         values = dict.fromkeys(SERIES, 0.0)

@@ -14,6 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from prodseg.drift_cli import drift_app
+from prodseg.keys_cli import keys_app
+
 app = typer.Typer(
     help="ProdSegmenter: segment products on grocery-shelf video with NVIDIA Triton.",
     no_args_is_help=True,
@@ -23,6 +26,8 @@ synth_app = typer.Typer(
     help="Generate procedural shelf scenes with exact ground-truth masks.", no_args_is_help=True
 )
 app.add_typer(synth_app, name="synth")
+app.add_typer(drift_app, name="drift")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 

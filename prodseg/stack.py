@@ -72,6 +72,15 @@ class GatewayProcess:
             stop_process_group(self.process, timeout_s)
 
 
+def serving_env(triton: TritonServer) -> dict[str, str]:
+    """What the gateway needs to know about the Triton it talks to: its models and config variant."""
+    return {
+        "PRODSEG_MODELS": ",".join(triton.models),
+        "PRODSEG_TRITON_CONFIG_NAME": triton.config_name,
+        "PRODSEG_MODEL_REPOSITORY": str(Path(triton.repository).resolve()),
+    }
+
+
 @dataclass
 class EmbeddedStack:
     """Triton, then the gateway; stopped in reverse order, also when starting fails half-way."""
@@ -85,7 +94,7 @@ class EmbeddedStack:
         self.triton.start()
         try:
             self.gateway = GatewayProcess(
-                self.triton.grpc_url, self.gateway_port, env=self.gateway_env
+                self.triton.grpc_url, self.gateway_port, env=serving_env(self.triton) | self.gateway_env
             ).start()
         except BaseException:
             self.triton.stop()

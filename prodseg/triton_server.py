@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.contract import default_repository
-from clients.repository import discover
+from clients.repository import discover, versions
 from prodseg.processes import (
     StartError,
     free_port,
@@ -116,8 +116,11 @@ class TritonServer:
         install = TritonInstall.find()
         if not self.models:
             found = discover(self.repository)
-            self.models = tuple(found.contracts)
-            self.refused = found.errors  # reported by `prodseg serve`; the other models still load
+            self.refused = dict(found.errors)  # reported by `prodseg serve`; the other models still load
+            for name in found.contracts:
+                if not versions(Path(self.repository) / name):
+                    self.refused[name] = f"{name}: no published version to serve"
+            self.models = tuple(name for name in found.contracts if name not in self.refused)
         self.http_port, self.grpc_port, self.metrics_port = (
             port or free_port() for port in (self.http_port, self.grpc_port, self.metrics_port)
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clients.contract import ModelContract
-from prodseg.stack import GatewayProcess
+from prodseg.stack import GatewayProcess, serving_env
 from prodseg.triton_server import TritonServer
 
 # The committed default model reliably scores ~0.8 on generated shelf video; a broken pipeline
@@ -39,9 +39,13 @@ class ShelfVideo:
     frames: int
 
 
+FLAGSHIP = "shelf_segmenter"  # the generated test videos are shelves
+
+
 @pytest.fixture(scope="session")
 def contract() -> ModelContract:
-    return ModelContract.load()
+    """The shelf model's contract: the fixtures' videos and scenes are shelves."""
+    return ModelContract.load(FLAGSHIP)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +67,9 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
 
 @pytest.fixture(scope="session")
 def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
-    process = GatewayProcess(triton.grpc_url, data_dir=tmp_path_factory.mktemp("gateway-data"))
+    process = GatewayProcess(
+        triton.grpc_url, data_dir=tmp_path_factory.mktemp("gateway-data"), env=serving_env(triton)
+    )
     process.start()
     yield process
     process.stop()

@@ -1,4 +1,6 @@
-"""The contract is read from config.pbtxt; every per-environment config must keep it."""
+"""Model contracts per task, read from config.pbtxt; repository discovery and version rules."""
+
+from __future__ import annotations
 
 import shutil
 from pathlib import Path
@@ -6,66 +8,162 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.contract import ModelContract, default_repository, read_model_config
+from clients.contract import ContractError, ModelContract, Task, default_repository, read_model_config
+from clients.repository import discover, served_versions, versions
 
-MODEL_DIR = default_repository() / "shelf_segmenter"
-CONFIGS = [MODEL_DIR / "config.pbtxt", *sorted((MODEL_DIR / "configs").glob("*.pbtxt"))]
+REPOSITORY = default_repository()
+MODEL_DIRS = sorted(p for p in REPOSITORY.iterdir() if (p / "config.pbtxt").is_file())
 
-
-def test_contract_is_uint8_frames_in_class_ids_out(contract):
-    assert (contract.model_name, contract.input_name, contract.output_name) == (
-        "shelf_segmenter",
-        "images",
-        "masks",
-    )
-    assert contract.width / contract.height == pytest.approx(640 / 384)
-    assert contract.max_batch_size >= 8
-
-
-@pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: p.name)
-def test_every_environment_config_keeps_the_contract(config_path: Path):
-    portable, variant = read_model_config(CONFIGS[0]), read_model_config(config_path)
-    assert variant.name == portable.name
-    assert [(t.name, t.data_type, list(t.dims)) for t in variant.input] == [
-        (t.name, t.data_type, list(t.dims)) for t in portable.input
-    ]
-    assert [(t.name, t.data_type, list(t.dims), t.label_filename) for t in variant.output] == [
-        (t.name, t.data_type, list(t.dims), t.label_filename) for t in portable.output
-    ]
-    assert variant.HasField("dynamic_batching")
+HEAD = 'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
+INPUT = 'input [ { name: "images" data_type: TYPE_UINT8 dims: [ 64, 96, 3 ] } ]\n'
+OUTPUTS = {
+    "segmentation": 'output [ { name: "masks" data_type: TYPE_UINT8 dims: [ 64, 96 ] '
+    'label_filename: "labels.txt" } ]',
+    "detection": """output [
+  { name: "boxes" data_type: TYPE_FP32 dims: [ 50, 4 ] },
+  { name: "scores" data_type: TYPE_FP32 dims: [ 50 ] },
+  { name: "class_ids" data_type: TYPE_INT32 dims: [ 50 ] label_filename: "labels.txt" },
+  { name: "num_detections" data_type: TYPE_INT32 dims: [ 1 ] }
+]""",
+    "classification": 'output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 3 ] '
+    'label_filename: "labels.txt" } ]',
+}
 
 
-def test_cpu_config_runs_the_python_runner_and_gpu_config_uses_tensorrt():
-    cpu = read_model_config(MODEL_DIR / "configs" / "cpu.pbtxt")
-    gpu = read_model_config(MODEL_DIR / "configs" / "gpu.pbtxt")
-    assert cpu.backend == "python" and cpu.parameters["engine"].string_value == "openvino"
-    assert gpu.backend == "onnxruntime"
-    accelerators = gpu.optimization.execution_accelerators.gpu_execution_accelerator
-    assert [a.name for a in accelerators] == ["tensorrt"]
-    assert gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
-
-
-def test_a_config_with_float_input_is_refused(tmp_path: Path):
-    model_dir = tmp_path / "shelf_segmenter"
-    model_dir.mkdir()
-    shutil.copy(MODEL_DIR / "labels.txt", model_dir)
-    text = (MODEL_DIR / "config.pbtxt").read_text().replace("TYPE_UINT8", "TYPE_FP32", 1)
+def write_model(repository: Path, name: str, task: str, body: str | None = None, labels: int = 3) -> Path:
+    model_dir = repository / name
+    model_dir.mkdir(parents=True)
+    (model_dir / "labels.txt").write_text("".join(f"class{i} #{i:02x}0000\n" for i in range(labels)))
+    text = body if body is not None else HEAD.format(name=name) + INPUT + OUTPUTS[task]
+    text += f'\nparameters [ {{ key: "task" value: {{ string_value: "{task}" }} }} ]\n'
     (model_dir / "config.pbtxt").write_text(text)
-    with pytest.raises(ValueError, match="must be TYPE_UINT8"):
-        ModelContract.load(tmp_path)
+    return model_dir
 
 
-def test_frames_are_resized_to_the_model_and_masks_back_to_the_frame(contract):
+@pytest.mark.parametrize("task", list(Task))
+def test_each_task_has_a_contract(tmp_path: Path, task: Task):
+    write_model(tmp_path, "m", task.value)
+    contract = ModelContract.load("m", tmp_path)
+    assert (contract.task, contract.input_size, contract.max_batch_size) == (task, (64, 96), 8)
+    assert contract.labels.names == ["class0", "class1", "class2"]
+    assert contract.max_detections == (50 if task == Task.DETECTION else 0)
+
+
+@pytest.mark.parametrize(
+    ("task", "edit", "field"),
+    [
+        ("segmentation", lambda t: t.replace('"segmentation"', '"tracking"'), "parameters.task"),
+        ("segmentation", lambda t: t.replace("parameters", "# parameters"), "parameters.task"),
+        ("segmentation", lambda t: t.replace("dims: [ 64, 96 ]", "dims: [ 32, 96 ]"), "output masks"),
+        ("detection", lambda t: t.replace('name: "scores"', 'name: "confidences"'), "output"),
+        ("detection", lambda t: t.replace("INT32 dims: [ 50 ]", "INT64 dims: [ 50 ]"), "output class_ids"),
+        ("classification", lambda t: t.replace("dims: [ 3 ]", "dims: [ 4 ]"), "output probabilities"),
+        (
+            "classification",
+            lambda t: t.replace(' label_filename: "labels.txt"', ""),
+            "output probabilities.label",
+        ),
+        ("classification", lambda t: t.replace("TYPE_UINT8", "TYPE_FP32", 1), "input"),
+        ("classification", lambda t: t.replace("max_batch_size: 8", "max_batch_size: 0"), "max_batch_size"),
+    ],
+)
+def test_a_config_that_breaks_its_task_is_refused_naming_model_and_field(tmp_path, task, edit, field):
+    model_dir = write_model(tmp_path, "broken", task)
+    (model_dir / "config.pbtxt").write_text(edit((model_dir / "config.pbtxt").read_text()))
+    with pytest.raises(ContractError, match=f"^broken: {field}"):
+        ModelContract.load("broken", tmp_path)
+
+
+def test_discovery_reports_a_broken_model_and_keeps_the_others(tmp_path: Path):
+    write_model(tmp_path, "good", "classification")
+    bad = write_model(tmp_path, "bad", "detection")
+    (bad / "config.pbtxt").write_text((bad / "config.pbtxt").read_text().replace('"detection"', '"tracking"'))
+    (tmp_path / "not_a_model").mkdir()  # no config.pbtxt: ignored, as Triton does
+    found = discover(tmp_path)
+    assert list(found.contracts) == ["good"]
+    assert "bad: parameters.task" in found.errors["bad"]
+    assert found.default_model == "good"  # the only model
+    with pytest.raises(KeyError, match="known models: good"):
+        found.get("bad")
+
+
+def test_a_config_variant_must_keep_the_contract(tmp_path: Path):
+    model_dir = write_model(tmp_path, "m", "classification")
+    (model_dir / "configs").mkdir()
+    variant = (model_dir / "config.pbtxt").read_text().replace("max_batch_size: 8", "max_batch_size: 32")
+    (model_dir / "configs" / "gpu.pbtxt").write_text(variant)  # batching may differ
+    assert "m" in discover(tmp_path).contracts
+    (model_dir / "configs" / "cpu.pbtxt").write_text(
+        variant.replace("dims: [ 64, 96, 3 ]", "dims: [ 64, 64, 3 ]")
+    )
+    assert "configs/cpu.pbtxt" in discover(tmp_path).errors["m"]
+
+
+def test_the_default_model_is_flagged_in_its_config_or_chosen_by_environment(tmp_path, monkeypatch):
+    write_model(tmp_path, "a", "classification")
+    flagged = write_model(tmp_path, "b", "segmentation")
+    assert discover(tmp_path).default_model is None  # two models, none flagged: no guess
+    text = (
+        (flagged / "config.pbtxt")
+        .read_text()
+        .replace("parameters [", 'parameters [ { key: "default_model" value: { string_value: "true" } },')
+    )
+    (flagged / "config.pbtxt").write_text(text)
+    assert discover(tmp_path).default_model == "b"
+    monkeypatch.setenv("PRODSEG_DEFAULT_MODEL", "a")
+    assert discover(tmp_path).default_model == "a"
+
+
+def test_versions_are_integer_folders_with_files_and_served_by_the_policy(tmp_path: Path):
+    model_dir = write_model(tmp_path, "m", "classification")
+    for version in (1, 2, 10):
+        (model_dir / str(version)).mkdir()
+        (model_dir / str(version) / "model.onnx").write_bytes(b"x")
+    (model_dir / "3").mkdir()  # empty: a publish that never completed
+    (model_dir / "configs").mkdir()  # not a version
+    assert versions(model_dir) == [1, 2, 10]
+    config = read_model_config(model_dir / "config.pbtxt")
+    assert served_versions(config, [1, 2, 10]) == [10]  # Triton's default: the latest one
+    config.version_policy.specific.versions.extend([2, 7])
+    assert served_versions(config, [1, 2, 10]) == [2]
+    config.version_policy.latest.num_versions = 2
+    assert served_versions(config, [1, 2, 10]) == [2, 10]
+    config.version_policy.all.SetInParent()
+    assert served_versions(config, [1, 2, 10]) == [1, 2, 10]
+
+
+def test_the_repository_holds_only_valid_models_with_their_own_variants():
+    found = discover(REPOSITORY)
+    assert found.errors == {}
+    assert found.default_model == "shelf_segmenter"
+    assert set(found.contracts) == {d.name for d in MODEL_DIRS}
+    for model_dir in MODEL_DIRS:
+        cpu = read_model_config(model_dir / "configs" / "cpu.pbtxt")
+        assert cpu.backend == "python" and cpu.parameters["engine"].string_value == "openvino"
+        assert (model_dir / "model.py").resolve() == (REPOSITORY / "onnx_runner.py").resolve()
+        assert versions(model_dir), f"{model_dir.name} has no published version"
+
+
+def test_the_gpu_configs_use_tensorrt_on_gpus():
+    for model_dir in MODEL_DIRS:
+        gpu = read_model_config(model_dir / "configs" / "gpu.pbtxt")
+        assert gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU, model_dir.name
+        accelerators = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+        assert [a.name for a in accelerators] == ["tensorrt"] or gpu.backend == "tensorrt", model_dir.name
+
+
+def test_frames_are_resized_to_the_model(contract):
     frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
-    model_input = contract.to_model_input(frame)
-    assert model_input.shape == (contract.height, contract.width, 3)
-    mask = np.zeros((contract.height, contract.width), np.uint8)
-    mask[:, contract.width // 2 :] = 2
-    restored = contract.mask_to_frame(mask, frame.shape)
-    assert restored.shape == (720, 1280)
-    assert set(np.unique(restored)) == {0, 2}  # nearest neighbour: no invented class ids
-
-
-def test_non_rgb_frames_are_refused(contract):
+    assert contract.to_model_input(frame).shape == (contract.height, contract.width, 3)
     with pytest.raises(ValueError, match="expected an RGB uint8 frame"):
         contract.to_model_input(np.zeros((10, 10), np.uint8))
+
+
+def test_a_copied_model_folder_keeps_its_contract(tmp_path: Path):
+    shutil.copytree(
+        REPOSITORY / "shelf_segmenter",
+        tmp_path / "shelf_segmenter",
+        symlinks=False,
+        ignore=shutil.ignore_patterns("*.onnx", "model.py"),
+    )
+    assert ModelContract.load("shelf_segmenter", tmp_path) == ModelContract.load("shelf_segmenter")

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
 
 from clients.evaluation import ConfusionMatrix
 from clients.masks import read_mask_archive
-from clients.pipeline import segment_video
-from clients.triton_client import SegmentationError, TritonSegmenter
+from clients.pipeline import process_video
+from clients.triton_client import InferenceError, TritonModelClient
 from clients.video import frames, probe
 from tests.conftest import MIOU_FLOOR
 
 pytestmark = pytest.mark.triton
 
 
-@pytest.mark.parametrize(("max_in_flight", "frames_per_request"), [(1, 1), (4, 1), (3, 4)])
+@pytest.mark.parametrize(("max_in_flight", "frames_per_request"), [(1, 1), (3, 4)])
 def test_video_through_grpc_matches_ground_truth(
     triton, shelf_video, contract, tmp_path, max_in_flight, frames_per_request
 ):
@@ -25,9 +26,9 @@ def test_video_through_grpc_matches_ground_truth(
     progress: list[int] = []
 
     async def run():
-        async with TritonSegmenter(triton.grpc_url, contract, max_in_flight, frames_per_request) as segmenter:
-            return await segment_video(
-                shelf_video.video, overlay, masks, segmenter, chunk_size=5, on_progress=progress.append
+        async with TritonModelClient(triton.grpc_url, contract, max_in_flight, frames_per_request) as client:
+            return await process_video(
+                shelf_video.video, tmp_path, client, chunk_size=5, on_progress=progress.append
             )
 
     stats = asyncio.run(run())
@@ -39,6 +40,9 @@ def test_video_through_grpc_matches_ground_truth(
     for predicted, truth in zip(read_mask_archive(masks), read_mask_archive(shelf_video.masks), strict=True):
         matrix.update(predicted, truth)
     assert matrix.miou() > MIOU_FLOOR
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    assert [row["frame"] for row in timeline] == list(range(shelf_video.frames))
+    assert set(timeline[0]["class_shares"]) == set(contract.labels.names)
 
 
 def test_results_come_back_in_order_with_timings(triton, contract):
@@ -47,8 +51,8 @@ def test_results_come_back_in_order_with_timings(triton, contract):
     scenes = [render_scene(seed, contract.height, contract.width) for seed in range(6)]
 
     async def run():
-        async with TritonSegmenter(triton.grpc_url, contract, max_in_flight=3) as segmenter:
-            return [result async for result in segmenter.segment(scene.image for scene in scenes)]
+        async with TritonModelClient(triton.grpc_url, contract, max_in_flight=3) as client:
+            return [result async for result in client.stream(scene.image for scene in scenes)]
 
     results = asyncio.run(run())
     assert [r.frame_index for r in results] == list(range(6))
@@ -57,15 +61,15 @@ def test_results_come_back_in_order_with_timings(triton, contract):
         assert set(result.timings) == {"preprocess", "infer", "postprocess"}
 
 
-def test_wrong_dtype_is_a_segmentation_error_with_tritons_reason(triton, contract):
+def test_wrong_dtype_is_an_inference_error_with_tritons_reason(triton, contract):
     async def run():
-        async with TritonSegmenter(triton.grpc_url, contract) as segmenter:
-            await segmenter.infer(np.zeros((1, contract.height, contract.width, 3), np.float32))
+        async with TritonModelClient(triton.grpc_url, contract) as client:
+            await client.infer(np.zeros((1, contract.height, contract.width, 3), np.float32))
 
-    with pytest.raises(SegmentationError, match="data-type is 'FP32'"):
+    with pytest.raises(InferenceError, match="data-type is 'FP32'"):
         asyncio.run(run())
 
 
 def test_frames_per_request_cannot_exceed_the_models_batch(contract):
     with pytest.raises(ValueError, match="max_batch_size"):
-        TritonSegmenter("127.0.0.1:1", contract, frames_per_request=contract.max_batch_size + 1)
+        TritonModelClient("127.0.0.1:1", contract, frames_per_request=contract.max_batch_size + 1)

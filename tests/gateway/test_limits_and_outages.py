@@ -71,6 +71,7 @@ def test_triton_down_means_not_ready_and_clear_errors(tmp_path, shelf_video):
         assert status["status"] == "failed"
         assert "Triton" in status["error"]
         overlay = client.get(f"/v1/videos/{job['id']}/overlay.mp4")
+        assert client.get("/v1/models").json()["models"][0]["ready"] is False
         assert overlay.status_code == 409 and overlay.json()["error"]["code"] == "job_not_finished"
         # a failed job leaves no upload and no half-written output behind
         assert sorted(p.name for p in (tmp_path / "data" / "jobs" / job["id"]).iterdir()) == []

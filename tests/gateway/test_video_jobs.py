@@ -45,14 +45,15 @@ def test_video_job_returns_overlay_and_masks_that_match_ground_truth(http, shelf
     assert job["frames_done"] == shelf_video.frames and job["progress"] == 1.0
     assert set(job["stage_seconds"]) == {"decode", "infer", "overlay", "encode"}
 
+    assert set(job["artifacts"]) == {"overlay.mp4", "masks.zip", "timeline.jsonl"}
     overlay = tmp_path / "overlay.mp4"
-    overlay.write_bytes(http.get(job["overlay_url"]).content)
+    overlay.write_bytes(http.get(job["artifacts"]["overlay.mp4"]).content)
     info = probe(overlay)
     assert (info.width, info.height, info.frames) == (contract.width, contract.height, shelf_video.frames)
     assert sum(1 for _ in frames(overlay)) == shelf_video.frames
 
     masks = tmp_path / "masks.zip"
-    masks.write_bytes(http.get(job["masks_url"]).content)
+    masks.write_bytes(http.get(f"/v1/videos/{job_id}/masks.zip").content)  # the alias serves it too
     matrix = ConfusionMatrix(contract.num_classes)
     predicted = list(read_mask_archive(masks))
     assert len(predicted) == shelf_video.frames
@@ -61,8 +62,10 @@ def test_video_job_returns_overlay_and_masks_that_match_ground_truth(http, shelf
     assert matrix.miou() > MIOU_FLOOR
 
     metrics = http.get("/metrics").text
-    assert 'prodseg_gateway_jobs_total{status="succeeded"}' in metrics
-    assert metric_value(metrics, 'prodseg_gateway_stage_seconds_count{stage="infer"}') >= shelf_video.frames
+    model = contract.model_name
+    assert f'prodseg_gateway_jobs_total{{model="{model}",status="succeeded"}}' in metrics
+    infer = f'prodseg_gateway_stage_seconds_count{{model="{model}",stage="infer"}}'
+    assert metric_value(metrics, infer) >= shelf_video.frames
 
     assert http.delete(f"/v1/videos/{job_id}").status_code == 204
     assert_error(http.get(f"/v1/videos/{job_id}"), 404, "job_not_found", job_id)
@@ -89,9 +92,10 @@ def test_frame_endpoint_returns_a_mask_png_of_the_image_size(http, contract):
     assert matrix.miou() > MIOU_FLOOR
 
 
-def test_health_readiness_and_metrics(http):
+def test_health_readiness_and_metrics(http, triton):
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").json()["status"] == "ready"
+    ready = http.get("/readyz").json()
+    assert ready["status"] == "ready" and set(ready["models"]) == set(triton.models)
     metrics = http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "prodseg_gateway_stage_seconds_bucket" in metrics.text
@@ -138,6 +142,24 @@ def test_not_an_image(http):
     assert_error(response, 415, "not_an_image", "not a decodable image")
 
 
+def test_a_still_image_named_mp4_is_not_a_video(http, tmp_path):
+    import cv2
+
+    path = tmp_path / "shelf.mp4"
+    path.write_bytes(cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes())
+    assert_error(upload(http, path), 415, "not_a_video", "still image")
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(http):
+    import cv2
+
+    bomb = cv2.imencode(".png", np.zeros((12000, 12000), np.uint8))[1].tobytes()
+    assert len(bomb) < 200_000  # small on the wire, 144 megapixels once decoded
+    response = http.post("/v1/frames", files={"file": ("bomb.png", bomb)})
+    assert_error(response, 413, "image_too_large", "exceeds the limit of")
+    assert http.get("/healthz").status_code == 200
+
+
 def test_bad_input_leaves_the_gateway_up_and_no_files_behind(http, gateway, tmp_path):
     jobs_dir = gateway.data_dir / "jobs"
     before = set(jobs_dir.iterdir())
@@ -145,6 +167,7 @@ def test_bad_input_leaves_the_gateway_up_and_no_files_behind(http, gateway, tmp_
     test_empty_upload(http, tmp_path)
     test_corrupt_video(http, tmp_path)
     test_missing_file_part_and_non_multipart_body(http)
+    test_a_still_image_named_mp4_is_not_a_video(http, tmp_path)
     assert set(jobs_dir.iterdir()) == before
     assert not list(gateway.data_dir.rglob("*.partial"))
     assert http.get("/healthz").status_code == 200

@@ -1,0 +1,142 @@
+"""How often the drift monitor cries wolf, and how fast it notices real drift, with the real model.
+
+    .venv/bin/python -m benchmarks.drift_eval [--scenes 2000] [--drifted 1000]
+
+Held-out generated shelf scenes (a base seed no training split or the reference uses) go through
+shelf_segmenter v1's bare engine; their samples are tested against the committed
+``model_repository/shelf_segmenter/1/drift_reference.json`` in disjoint windows (false alarms) and
+as darkened, blurred and recoloured copies (detections). "Images to fire" streams drifted images
+into a full window of undrifted ones and evaluates after each, as the gateway's sliding window
+would. Writes benchmarks/results/drift.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from clients.atomic import write_text
+from clients.contract import ModelContract
+from clients.drift import DRIFT, DriftReference, DriftSettings, Sample, reference_path, summarize_outputs
+from datagen.shelves import render_scene, scene_seed
+from prodseg.engine import load_engine
+
+MODEL, VERSION = "shelf_segmenter", 1
+HELD_OUT_SEED = 9090  # training uses 0, 1000003, 2000006; the reference 7070
+WINDOWS = (50, 100)
+SLIDING_STRIDE = 10
+RESULTS = Path(__file__).parent / "results" / "drift.json"
+
+DRIFTS = {
+    "darkened (x0.6)": lambda image: (image * 0.6).astype(np.uint8),
+    "blurred (gaussian sigma 2 px)": lambda image: cv2.GaussianBlur(image, (0, 0), 2.0),
+    "recoloured (warm cast R x1.2, B x0.8)": lambda image: np.clip(
+        image * np.array([1.2, 1.0, 0.8], np.float32), 0, 255
+    ).astype(np.uint8),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=2000, help="undrifted held-out scenes")
+    parser.add_argument("--drifted", type=int, default=1000, help="of those, how many also go in drifted")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    contract = ModelContract.load(MODEL)
+    reference = DriftReference.load(reference_path(MODEL, VERSION))
+    engine = load_engine(MODEL, version=VERSION, threads=args.threads)
+
+    def sample(image: np.ndarray) -> Sample:
+        outputs = engine(contract.to_model_input(image)[None])
+        summary = summarize_outputs(
+            contract.task, {k: v[0] for k, v in outputs.items()}, contract.num_classes
+        )
+        return reference.sample(image, summary)
+
+    started = time.perf_counter()
+    clean: list[Sample] = []
+    drifted: dict[str, list[Sample]] = {name: [] for name in DRIFTS}
+    for index in range(args.scenes):
+        image = render_scene(scene_seed(HELD_OUT_SEED, index), contract.height, contract.width).image
+        clean.append(sample(image))
+        if index < args.drifted:
+            for name, transform in DRIFTS.items():
+                drifted[name].append(sample(transform(image)))
+        if index % 200 == 0:
+            print(f"{index}/{args.scenes} scenes, {time.perf_counter() - started:.0f} s", flush=True)
+
+    settings = DriftSettings()
+    results = {
+        "model": MODEL,
+        "version": VERSION,
+        "reference_images": reference.num_samples,
+        "features": len(reference.feature_names),
+        "feature_names": reference.feature_names,
+        "settings": {"alpha_family_wise": settings.alpha, "correction": "bonferroni", "min_drifted": 1},
+        "held_out_scenes": args.scenes,
+        "drifted_scenes": args.drifted,
+        "windows": {},
+        "machine": platform.node(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    for window in WINDOWS:
+        s = DriftSettings(min_samples=min(settings.min_samples, window))
+        disjoint = [clean[i : i + window] for i in range(0, len(clean) - window + 1, window)]
+        null_reports = [reference.compare(w, s) for w in disjoint]
+        sliding = [
+            reference.compare(clean[i : i + window], s)
+            for i in range(0, len(clean) - window + 1, SLIDING_STRIDE)
+        ]
+        entry = {
+            "false_alarm_rate_disjoint_windows": _rate(null_reports),
+            "disjoint_windows": len(null_reports),
+            "false_alarm_rate_sliding_evaluations": _rate(sliding),
+            "sliding_evaluations": len(sliding),
+            "features_in_false_alarms": sorted(
+                {f for r in null_reports + sliding for f in r["drifted_features"]}
+            ),
+            "drifts": {},
+        }
+        for name, samples in drifted.items():
+            reports = [
+                reference.compare(samples[i : i + window], s)
+                for i in range(0, len(samples) - window + 1, window)
+            ]
+            entry["drifts"][name] = {
+                "detection_rate": _rate(reports),
+                "windows": len(reports),
+                "drifted_features_first_window": reports[0]["drifted_features"],
+                "images_to_fire": _images_to_fire(reference, clean[-window:], samples[: 2 * window], s),
+            }
+        results["windows"][str(window)] = entry
+        print(json.dumps({window: entry}, indent=1), flush=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_text(RESULTS, json.dumps(results, indent=2) + "\n")
+    print(RESULTS)
+
+
+def _rate(reports: list[dict]) -> float:
+    return round(sum(r["status"] == DRIFT for r in reports) / len(reports), 4)
+
+
+def _images_to_fire(
+    reference: DriftReference, clean: list[Sample], drifted: list[Sample], settings
+) -> int | None:
+    """Drifted images that must enter a full window of undrifted ones before it drifts."""
+    window = list(clean)
+    for count, sample in enumerate(drifted, start=1):
+        window = window[1:] + [sample]
+        if reference.compare(window, settings)["status"] == DRIFT:
+            return count
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ from clients.video import VideoSink, frames
 from prodseg.engine import load_engine, measure_fps, measure_triton
 from prodseg.processes import free_port, http_ok, stop_process_group, wait_until_ready
 from prodseg.stack import EmbeddedStack
-from prodseg.triton_server import PROJECT_ROOT
+from prodseg.triton_server import PROJECT_ROOT, TritonServer
 
 RESULTS = Path(__file__).parent / "results"
 FLAGSHIP = "shelf_segmenter"  # the suite's video paths render shelves: they measure the shelf model
@@ -203,7 +203,7 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
             result["gateway_job"] = gateway_job(stack.gateway.url, video)
             result["baseline"] = baseline(base.url, sample, max(10, int(seconds * 5)))
             runs.append(result)
-        other_models = measure_other_models(stack.triton.grpc_url, sample, seconds, repeats)
+        other_models = measure_other_models(stack.triton, sample, seconds, repeats)
         analyzer = perf_analyzer(stack.triton.grpc_url, "1:4") if with_perf_analyzer else None
         memory = {
             "triton_mb": peak_memory_mb(stack.triton.process.pid),
@@ -213,19 +213,23 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
     return summarise(runs, analyzer, memory, contract, seconds, num_frames) | {"other_models": other_models}
 
 
-def measure_other_models(grpc_url: str, sample: list[np.ndarray], seconds: float, repeats: int) -> dict:
+def measure_other_models(
+    triton: TritonServer, sample: list[np.ndarray], seconds: float, repeats: int
+) -> dict:
     """Bare engine (OpenVINO, batch 1) vs Triton (gRPC, 4 x 1) frames/s of every other model, side by
     side. Throughput hardly depends on content, so the shelf frames are resized to each model's input."""
     results = {}
-    for name, contract in discover().contracts.items():
+    contracts = discover().contracts
+    for name in triton.models:
         if name == FLAGSHIP:
             continue
+        contract = contracts[name]
         images = np.stack([contract.to_model_input(frame) for frame in sample])
         engine = load_engine(name, engine="openvino")
         engine_fps, triton_fps = [], []
         for _ in range(repeats):
             engine_fps.append(measure_fps(engine, images, seconds))
-            run = measure_triton(grpc_url, contract, list(images), 4, int(seconds * 60), 1)
+            run = measure_triton(triton.grpc_url, contract, list(images), 4, int(seconds * 60), 1)
             triton_fps.append(asyncio.run(run)["fps"])
         engine_median, triton_median = statistics.median(engine_fps), statistics.median(triton_fps)
         results[name] = {

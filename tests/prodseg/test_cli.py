@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from clients.contract import Task, default_repository
 from clients.masks import decode_mask_png
+from clients.repository import discover, versions
 from clients.video import probe
+from prodseg.processes import free_port
+
+SERVED = {n: c for n, c in discover().contracts.items() if versions(default_repository() / n)}
 
 
 def prodseg(*args: str) -> subprocess.CompletedProcess:
@@ -20,7 +26,7 @@ def prodseg(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     result = prodseg("--help")
     assert result.returncode == 0
-    for command in ("serve", "segment", "synth", "model", "demo"):
+    for command in ("serve", "predict", "segment", "synth", "demo"):
         assert command in result.stdout
 
 
@@ -41,28 +47,55 @@ def test_segment_a_missing_file_fails_clearly(tmp_path: Path):
 def test_segment_rejects_a_non_video_without_writing_output(tmp_path: Path, triton):
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("not a video")
-    result = prodseg("segment", str(bogus), "-o", str(tmp_path / "out.mp4"), "--triton", triton.grpc_url)
+    result = prodseg("segment", str(bogus), "-o", str(tmp_path / "out"), "--triton", triton.grpc_url)
     assert result.returncode == 2
     assert "not a video" in result.stderr
-    assert not (tmp_path / "out.mp4").exists()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.triton
 def test_segment_video_straight_to_triton(tmp_path: Path, triton, shelf_video):
-    out = tmp_path / "overlay.mp4"
-    result = prodseg(
-        "segment",
-        str(shelf_video.video),
-        "-o",
-        str(out),
-        "--masks",
-        str(tmp_path / "m.zip"),
-        "--triton",
-        triton.grpc_url,
-    )
+    out = tmp_path / "out"
+    result = prodseg("segment", str(shelf_video.video), "-o", str(out), "--triton", triton.grpc_url)
     assert result.returncode == 0, result.stderr
-    assert probe(out).frames == shelf_video.frames
-    assert (tmp_path / "m.zip").exists()
+    assert probe(out / "overlay.mp4").frames == shelf_video.frames
+    assert sorted(p.name for p in out.iterdir()) == ["masks.zip", "overlay.mp4", "timeline.jsonl"]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", sorted(SERVED))
+def test_predict_an_image_with_every_model(tmp_path: Path, triton, gateway, name):
+    import json
+
+    import cv2
+
+    from datagen.shelves import render_scene
+
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), cv2.cvtColor(render_scene(4, 300, 400).image, cv2.COLOR_RGB2BGR))
+    task = SERVED[name].task
+    result_file = tmp_path / ("out.png" if task == Task.SEGMENTATION else "out.json")
+    via_triton = prodseg(
+        "predict", str(image), "--model", name, "-o", str(result_file), "--triton", triton.grpc_url
+    )
+    assert via_triton.returncode == 0, via_triton.stderr
+    if task == Task.SEGMENTATION:
+        assert decode_mask_png(result_file.read_bytes()).shape == (300, 400)
+    else:
+        assert json.loads(result_file.read_text())["task"] == task.value
+    picture = tmp_path / "annotated.jpg"
+    via_gateway = prodseg(
+        "predict", str(image), "--model", name, "-o", str(picture), "--overlay", "--gateway", gateway.url
+    )
+    assert via_gateway.returncode == 0, via_gateway.stderr
+    assert cv2.imread(str(picture)).shape == (300, 400, 3)
+
+
+def test_predict_with_an_unknown_model_names_the_known_ones(tmp_path: Path):
+    image = tmp_path / "in.png"
+    image.write_bytes(b"x")
+    result = prodseg("predict", str(image), "--model", "nope", "-o", str(tmp_path / "o.png"))
+    assert result.returncode == 2 and "known models" in result.stderr
 
 
 @pytest.mark.triton
@@ -91,25 +124,12 @@ def test_gateway_errors_reach_the_user(tmp_path: Path, gateway):
     assert "415" in result.stderr and "not_a_video" in result.stderr
 
 
-def test_model_command_publishes_the_next_version(tmp_path: Path, contract):
-    from tests.training.helpers import make_repository
-
-    model_dir = make_repository(tmp_path, size=None) / contract.model_name
-    result = prodseg("model", "--steps", "2", "--scenes", "4", "--repository", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "published shelf_segmenter version 1" in result.stderr
-    card = (model_dir / "1" / "model_card.json").read_text()
-    assert '"steps": 2' in card and '"miou"' in card
-
-
 @pytest.mark.triton
 def test_serve_runs_triton_and_gateway_until_ctrl_c(tmp_path: Path):
     import signal
     import time
 
     import httpx
-
-    from prodseg.processes import free_port
 
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
     options = [f"--{name}-port={port}" for name, port in ports.items()]
@@ -126,6 +146,8 @@ def test_serve_runs_triton_and_gateway_until_ctrl_c(tmp_path: Path):
         else:
             pytest.fail("prodseg serve did not become ready")
         assert httpx.get(f"http://127.0.0.1:{ports['http']}/v2/health/ready").status_code == 200
+        children = descendants(server.pid)
+        assert len(children) >= 2  # tritonserver (and its python stubs), the gateway
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
     finally:
@@ -133,3 +155,73 @@ def test_serve_runs_triton_and_gateway_until_ctrl_c(tmp_path: Path):
     for port in (ports["http"], ports["gateway"]):
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+    assert not [pid for pid in children if alive(pid)]
+
+
+@pytest.mark.triton
+def test_serve_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path):
+    import signal
+    import time
+
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    options = [f"--{name}-port={port}" for name, port in ports.items()]
+    command = [sys.executable, "-m", "prodseg.cli", "serve", *options]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 90)
+        children = descendants(server.pid)
+        assert len(children) >= 2
+        server.send_signal(signal.SIGKILL)  # no handler runs: only the kernel can stop the children
+        server.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and [pid for pid in children if alive(pid)]:
+            time.sleep(0.2)
+        assert not [pid for pid in children if alive(pid)], "orphans outlived prodseg serve"
+    finally:
+        server.kill()
+        for pid in children:  # never leave the test's own processes behind, even when it fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"{url} did not become ready")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren...), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing

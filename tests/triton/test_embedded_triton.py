@@ -10,6 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from prodseg.processes import http_ok
 from prodseg.triton_server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -36,7 +37,7 @@ def infer(protocol: str, client, contract, images: np.ndarray, dtype: str = "UIN
     module = httpclient if protocol == "http" else grpcclient
     tensor = module.InferInput(contract.input_name, list(images.shape), dtype)
     tensor.set_data_from_numpy(images, **({"binary_data": True} if protocol == "http" else {}))
-    return client.infer(contract.model_name, [tensor]).as_numpy(contract.output_name)
+    return client.infer(contract.model_name, [tensor]).as_numpy(contract.output_names[0])
 
 
 def test_server_metadata_and_model_config(client, contract):
@@ -70,9 +71,9 @@ def test_served_masks_equal_the_bare_engine(client, contract, frames):
     from prodseg.engine import load_engine
 
     protocol, client = client
-    engine = load_engine(engine="openvino")
+    engine = load_engine(contract.model_name, engine="openvino")
     served = infer(protocol, client, contract, frames[:1])
-    assert (served == engine(frames[:1])).mean() > 0.999
+    assert (served == engine(frames[:1])["masks"]).mean() > 0.999
 
 
 @pytest.mark.parametrize(
@@ -105,3 +106,22 @@ def test_server_is_bound_to_loopback_and_stops_by_pid(tmp_path):
     assert server.process.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the python stubs in its process group are gone too
+
+
+def test_a_broken_model_is_refused_by_name_and_field_and_the_others_load(tmp_path):
+    import shutil
+
+    from clients.contract import default_repository
+
+    source = default_repository()
+    shutil.copy2(source / "onnx_runner.py", tmp_path / "onnx_runner.py")
+    shutil.copytree(source / "shelf_segmenter", tmp_path / "shelf_segmenter", symlinks=True)
+    broken = tmp_path / "broken_segmenter"
+    shutil.copytree(source / "shelf_segmenter", broken, symlinks=True)
+    for config in [broken / "config.pbtxt", *(broken / "configs").glob("*.pbtxt")]:
+        text = config.read_text().replace("shelf_segmenter", "broken_segmenter")
+        config.write_text(text.replace('string_value: "segmentation"', 'string_value: "tracking"'))
+    with TritonServer(repository=tmp_path, log_path=tmp_path / "triton.log") as server:
+        assert server.models == ("shelf_segmenter",)
+        assert "broken_segmenter: parameters.task" in server.refused["broken_segmenter"]
+        assert http_ok(f"http://{server.http_url}/v2/models/shelf_segmenter/ready")

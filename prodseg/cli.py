@@ -146,6 +146,38 @@ def segment(
     predict(input_path, output, None, triton, gateway, overlay, 4)
 
 
+@app.command()
+def stream(
+    source: Annotated[str, typer.Argument(help="a camera (0, /dev/video0) or a video file played as one")],
+    model: Annotated[str | None, typer.Option(help="model name (default: the repository's default)")] = None,
+    fps: Annotated[float, typer.Option(help="frames per second to send")] = 30.0,
+    window: Annotated[int, typer.Option(help="requests in flight; a frame finding it full is dropped")] = 2,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write the annotated stream (.mp4)")
+    ] = None,
+    max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
+    triton: Annotated[str, typer.Option(help="Triton gRPC address")] = "127.0.0.1:8001",
+) -> None:
+    """Stream a camera to Triton live: achieved FPS, latency and dropped frames, annotated video."""
+    import json
+
+    from clients.repository import discover
+    from prodseg.stream import run_stream
+
+    found = discover()
+    try:
+        contract = found.get(model or found.default_model or "")
+    except KeyError as error:
+        raise fail(str(error.args[0])) from error
+    try:
+        stats = run_stream(contract, source, triton, fps, window, output, max_frames)
+    except (ValueError, ConnectionError) as error:
+        raise fail(str(error)) from error
+    print(json.dumps(stats.to_dict(), indent=2))
+    summary = f"{stats.completed} frames at {stats.achieved_fps:.1f} FPS, {stats.dropped} dropped"
+    console.print(f"{summary}, {stats.failed} failed" + (f"; wrote {output}" if output else ""))
+
+
 @synth_app.command("video")
 def synth_video(
     output: Annotated[Path, typer.Argument(help="the H.264 .mp4 to write")],

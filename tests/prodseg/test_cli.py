@@ -225,3 +225,34 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+@pytest.mark.triton
+def test_stream_a_video_file_as_a_camera_counts_fps_and_drops(tmp_path: Path, triton, shelf_video):
+    import json
+
+    out = tmp_path / "live.mp4"
+    result = prodseg(
+        "stream",
+        str(shelf_video.video),
+        "--fps",
+        "15",
+        "--window",
+        "2",
+        "-o",
+        str(out),
+        "--triton",
+        triton.grpc_url,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["captured"] == shelf_video.frames
+    assert stats["completed"] + stats["dropped"] + stats["failed"] == shelf_video.frames
+    assert stats["completed"] > 0 and stats["failed"] == 0
+    assert probe(out).frames == stats["completed"]
+    assert 0 < stats["achieved_fps"] <= 16
+
+
+def test_stream_from_a_missing_camera_fails_clearly(tmp_path: Path):
+    result = prodseg("stream", str(tmp_path / "nope.mp4"), "--max-frames", "3")
+    assert result.returncode == 2 and "cannot open camera" in result.stderr

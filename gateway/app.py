@@ -128,6 +128,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         catalog.open_clients()  # gRPC channels must be created inside the server's event loop
         app.state.jobs = JobManager(settings, metrics)
+        app.state.jobs.recover(catalog.models)  # jobs a previous process left: resumed or failed, never lost
         yield
         await app.state.jobs.shutdown()
         await catalog.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from clients.atomic import write_text
+from gateway.errors import ApiError
 
 KEYS_FILE_ENV = "PRODSEG_API_KEYS_FILE"
 KEY_PREFIX = "psk"
@@ -44,20 +46,25 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 
-class AuthError(Exception):
-    """A refused request: ``status`` 401, 403 or 429; ``code`` for the gateway's JSON error body."""
+class AuthError(ApiError):
+    """A refused request: ``status`` 401, 403, 429 (or 503: the store is unreadable).
+
+    An ``ApiError``, so raised from a route or dependency it becomes the gateway's JSON error body
+    with ``WWW-Authenticate`` (401) or ``Retry-After`` (429) headers.
+    """
 
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.retry_after = retry_after
+        headers = {}
+        if status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif retry_after is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+        super().__init__(status, code, message, headers)
 
     @property
-    def headers(self) -> dict[str, str]:
-        if self.status == 401:
-            return {"WWW-Authenticate": "Bearer"}
-        if self.retry_after is not None:
-            return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
-        return {}
+    def status(self) -> int:
+        return self.status_code
 
 
 @dataclass(frozen=True)

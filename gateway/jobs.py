@@ -1,8 +1,10 @@
-"""Video jobs for any model: an in-process queue of uploads run through the video pipeline.
+"""Video jobs for any model: a queue of uploads run through the video pipeline, kept durably.
 
-One gateway replica owns its jobs (state is in memory; outputs on its data volume). Outputs are
-written atomically, the upload is deleted once the job ends, and only the newest finished jobs are
-kept on disk.
+One gateway replica owns its jobs: their state is in a SQLite store (gateway.store) and their files on
+the replica's data volume. Outputs are written atomically, the upload is deleted once the job ends,
+and finished jobs are kept until ``keep_finished_jobs`` newer ones exist or ``job_retention_s`` passes.
+After a restart, queued jobs start, and running ones start again from their upload (``restarts``
+counts it) or fail with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from clients.pipeline import process_video
 from gateway.metrics import GatewayMetrics
 from gateway.models import ServedModel
 from gateway.settings import GatewaySettings
+from gateway.store import JobStore
 
 
 class JobStatus(StrEnum):
@@ -45,6 +48,18 @@ class Job:
     finished_at: float | None = None
     fps: float | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0  # times a gateway restart interrupted it
+
+    @classmethod
+    def from_stored(cls, values: dict) -> Job:
+        return cls(
+            **values
+            | {
+                "artifacts": tuple(values["artifacts"]),
+                "directory": Path(values["directory"]),
+                "status": JobStatus(values["status"]),
+            }
+        )
 
     @property
     def upload_path(self) -> Path:
@@ -70,6 +85,7 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "error": self.error,
+            "restarts": self.restarts,
         }
         if self.status == JobStatus.SUCCEEDED:
             body |= {
@@ -91,9 +107,37 @@ class JobManager:
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._tasks: set[asyncio.Task] = set()
         self.jobs_dir = settings.data_dir / "jobs"
-        # Job state lives in memory, so anything on disk is from a previous process: clear it.
-        shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(settings.data_dir / "jobs.sqlite")
+        self._last_saved: dict[str, float] = {}
+
+    def recover(self, models: dict[str, ServedModel]) -> None:
+        """Take up the jobs a previous process left: resume what can run, fail the rest with a reason."""
+        for job in self.store.load(Job):
+            self.jobs[job.id] = job
+            for partial in job.directory.glob(".*.partial"):  # what a killed process was writing
+                partial.unlink()
+            if job.finished:
+                continue
+            if job.model not in models:
+                self._fail_at_recovery(job, f"model {job.model!r} is no longer served")
+            elif not job.upload_path.exists():
+                self._fail_at_recovery(job, "the gateway restarted during the job and its upload is gone")
+            else:
+                if job.status == JobStatus.RUNNING:
+                    job.restarts += 1
+                job.status, job.frames_done, job.started_at = JobStatus.QUEUED, 0, None
+                self.submit(job, models[job.model])
+        known = set(self.jobs)
+        for directory in self.jobs_dir.iterdir():  # folders of uploads that never became a job
+            if directory.name not in known:
+                shutil.rmtree(directory, ignore_errors=True)
+        self._forget_old_jobs()
+
+    def _fail_at_recovery(self, job: Job, reason: str) -> None:
+        job.status, job.error, job.finished_at = JobStatus.FAILED, reason, time.time()
+        job.upload_path.unlink(missing_ok=True)
+        self.store.save(job)
 
     def new_job_directory(self) -> tuple[str, Path]:
         job_id = uuid.uuid4().hex
@@ -103,28 +147,39 @@ class JobManager:
 
     def submit(self, job: Job, model: ServedModel) -> None:
         self.jobs[job.id] = job
+        self.store.save(job)  # durable before the client hears 202
         self.metrics.jobs_in_progress.labels(job.model).inc()
         task = asyncio.create_task(self._run(job, model))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _progress(self, job: Job, frames: int) -> None:
+        job.frames_done = frames
+        now = time.monotonic()
+        if now - self._last_saved.get(job.id, 0.0) >= 0.5:  # bounded write rate, however fast the job
+            self._last_saved[job.id] = now
+            self.store.save(job)
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
     def delete(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
+        self._last_saved.pop(job.id, None)
+        self.store.delete(job.id)
         shutil.rmtree(job.directory, ignore_errors=True)
 
     async def _run(self, job: Job, model: ServedModel) -> None:
         try:
             async with self._slots:
                 job.status, job.started_at = JobStatus.RUNNING, time.time()
+                self.store.save(job)
                 stats = await process_video(
                     job.upload_path,
                     job.directory,
                     model.client,
                     chunk_size=self.settings.chunk_frames,
-                    on_progress=lambda frames: setattr(job, "frames_done", frames),
+                    on_progress=lambda frames: self._progress(job, frames),
                     observe=lambda stage, seconds, frames: self.metrics.observe_stage(
                         job.model, stage, seconds, frames
                     ),
@@ -135,23 +190,30 @@ class JobManager:
             self.metrics.frames.labels(job.model, "video").inc(stats.frames)
             self.metrics.job_fps.labels(job.model).observe(stats.fps)
         except asyncio.CancelledError:
-            job.status, job.error = JobStatus.FAILED, "the gateway shut down during the job"
+            # Shutting down: the stored job stays queued/running, so the next process takes it up.
+            self.metrics.jobs_in_progress.labels(job.model).dec()
             raise
         except Exception as error:  # the job fails; the gateway stays up
             job.status, job.error = JobStatus.FAILED, f"{error.__class__.__name__}: {error}"
-        finally:
-            job.finished_at = time.time()
-            job.upload_path.unlink(missing_ok=True)
-            self.metrics.jobs_in_progress.labels(job.model).dec()
-            self.metrics.jobs.labels(job.model, job.status.value).inc()
-            self._forget_old_jobs()
+        self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        job.finished_at = time.time()
+        job.upload_path.unlink(missing_ok=True)
+        self.store.save(job)
+        self.metrics.jobs_in_progress.labels(job.model).dec()
+        self.metrics.jobs.labels(job.model, job.status.value).inc()
+        self._forget_old_jobs()
 
     def _forget_old_jobs(self) -> None:
         finished = sorted((j for j in self.jobs.values() if j.finished), key=lambda j: j.finished_at or 0)
-        for job in finished[: max(0, len(finished) - self.settings.keep_finished_jobs)]:
-            self.delete(job)
+        expired = time.time() - self.settings.job_retention_s
+        for index, job in enumerate(finished):
+            if index < len(finished) - self.settings.keep_finished_jobs or (job.finished_at or 0) < expired:
+                self.delete(job)
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()

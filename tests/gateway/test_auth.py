@@ -8,9 +8,12 @@ import os
 import time
 
 import pytest
+from fastapi import Depends, FastAPI, Request
+from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.auth import Authenticator, AuthError, KeyStore, Rate
+from gateway.auth import Authenticator, AuthError, KeyInfo, KeyStore, Rate
+from gateway.errors import install_error_handlers
 
 FAST_SCRYPT = {"n": 2**10, "r": 8, "p": 1}  # the tests' cost; the store's default is n=2**14
 
@@ -166,3 +169,31 @@ def test_from_env_is_off_without_the_variable(monkeypatch, store):
     monkeypatch.setenv("PRODSEG_API_KEYS_FILE", str(store.path))
     assert Authenticator.from_env().store_path == store.path
     assert [str(Rate.parse(r)) for r in ("60/min", "5/s", "1000/hour")] == ["60/min", "5/s", "1000/h"]
+
+
+def test_auth_errors_become_the_gateways_json_errors_with_headers(store):
+    """How the gateway wires it: a sync dependency (FastAPI runs it in a thread: scrypt never blocks
+    the event loop) that raises AuthError, an ApiError, turned into the shared error body."""
+    key, _ = store.create("cam", models=["shelf_segmenter"], rate="1/min")
+    auth = Authenticator(store.path)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    def api_key(request: Request, model: str):
+        return auth.authorize(Authenticator.key_from_headers(request.headers), model)
+
+    @app.post("/v1/models/{model}/frames")
+    def frames(model: str, info: KeyInfo = Depends(api_key)) -> dict:  # noqa: B008 (a local dependency)
+        return {"key": info.name}
+
+    client = TestClient(app)
+    assert client.post("/v1/models/shelf_segmenter/frames", headers={"X-API-Key": key}).json() == {
+        "key": "cam"
+    }
+    limited = client.post("/v1/models/shelf_segmenter/frames", headers={"Authorization": f"Bearer {key}"})
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "60"
+    assert limited.json()["error"]["code"] == "rate_limited"
+    missing = client.post("/v1/models/shelf_segmenter/frames")
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    other = client.post("/v1/models/crack_segmenter/frames", headers={"X-API-Key": key})
+    assert other.status_code == 403 and other.json()["error"]["code"] == "model_not_allowed"

@@ -107,6 +107,24 @@ def test_worker_thread_evaluates_on_its_own_and_survives_bad_summaries(reference
     assert gauge(registry, "prodseg_drift_observations_total", model="shelf_segmenter", outcome="failed") == 1
 
 
+def test_one_video_cannot_fill_the_window(reference, live):
+    """Frames of one source are one scene: at most ``per_source_limit`` of them stay in the window."""
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(reference, registry, window=30, per_source_limit=2)
+    image, summary = live[0]
+    for _ in range(10):
+        monitor.observe(image, summary, source="job-1")
+    monitor.observe(image, summary, source="job-2")
+    for image, summary in live[:5]:
+        monitor.observe(image, summary)  # no source: independent requests, no limit
+    monitor.drain()
+    assert monitor.evaluate()["samples"] == 2 + 1 + 5
+    limited = gauge(
+        registry, "prodseg_drift_observations_total", model="shelf_segmenter", outcome="source_limited"
+    )
+    assert limited == 8
+
+
 def test_two_models_share_one_registry(reference, live):
     registry = CollectorRegistry()
     other = DriftReference.from_dict(reference.to_dict() | {"model": "crack_segmenter"})

@@ -6,11 +6,11 @@ import json
 
 import cv2
 import httpx
-import numpy as np
 import pytest
 
 from clients.contract import Task, default_repository
 from clients.masks import decode_mask_png
+from clients.pipeline import ARTIFACTS
 from clients.repository import discover, versions
 from tests.conftest import wait_for_job
 from tests.gateway.test_video_jobs import assert_error
@@ -127,7 +127,7 @@ def test_bad_requests_name_the_problem(http):
     response = http.post(
         f"/v1/models/{shelf}/images", files={"file": ("a.png", png(1))}, params={"confidence": 0.5}
     )
-    assert_error(response, 422, "invalid_option", "'confidence' applies to detection")
+    assert_error(response, 422, "invalid_option", "'confidence' does not apply")
     two = [("file", ("a.png", png(1))), ("file", ("b.png", png(2)))]
     response = http.post(f"/v1/models/{shelf}/images", files=two, params={"format": "png"})
     assert_error(response, 422, "invalid_option", "format=png takes one image")
@@ -143,16 +143,26 @@ def test_bad_requests_name_the_problem(http):
 
 def test_unknown_job_and_artifact(http, shelf_video):
     assert_error(http.get("/v1/models/shelf_segmenter/videos/abc"), 404, "job_not_found", "abc")
-    response = http.get("/v1/models/shelf_segmenter/videos/abc/detections.jsonl")
+    response = http.get("/v1/models/shelf_segmenter/videos/abc/overlay.mp4")
     assert_error(response, 404, "job_not_found", "abc")
+    response = http.get(
+        "/v1/models/shelf_segmenter/videos/abc/detections.jsonl"
+    )  # not a segmentation artefact
+    assert_error(response, 422, "invalid_request", "timeline.jsonl")
     response = http.get("/v1/models/shelf_segmenter/videos/abc/secrets.txt")
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
 
 
-def test_the_images_json_is_documented_in_openapi(http):
+def test_each_model_is_documented_with_exactly_its_tasks_options(http):
     spec = http.get("/openapi.json").json()
-    images = spec["paths"]["/v1/models/{model}/images"]["post"]
-    assert "multipart/form-data" in images["requestBody"]["content"]
-    assert {"200", "404", "413", "415", "422", "502"} <= set(images["responses"])
-    assert set(images["responses"]["200"]["content"]) == {"image/png", "application/json"}
-    assert np.all([r.startswith(("2", "4", "5")) for r in images["responses"]])
+    for name, contract in CONTRACTS.items():
+        images = spec["paths"][f"/v1/models/{name}/images"]["post"]
+        assert "multipart/form-data" in images["requestBody"]["content"]
+        assert {"200", "413", "415", "422", "502"} <= set(images["responses"])
+        options = {p["name"] for p in images.get("parameters", [])}
+        expected = {Task.SEGMENTATION: {"format"}, Task.DETECTION: {"confidence"}}.get(contract.task, set())
+        assert options == expected
+        artifact = spec["paths"][f"/v1/models/{name}/videos/{{job_id}}/{{artifact}}"]["get"]
+        names = next(p for p in artifact["parameters"] if p["name"] == "artifact")["schema"]["enum"]
+        assert tuple(names) == ARTIFACTS[contract.task]
+    assert not any("{model}" in path for path in spec["paths"])  # unknown models: 404, undocumented

@@ -1,0 +1,67 @@
+"""The gateway's durable job store: one SQLite file on the data volume, one row per job.
+
+Every state change of a job is written here before it is reported, so a gateway restart loses no
+job: queued ones start again, running ones start again from their upload (outputs are written
+atomically, so nothing half-written is ever visible) or fail with a stated reason, and finished ones
+stay downloadable until their retention ends. One gateway replica writes its own file (the chart gives
+each pod its own data volume).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,          -- the job's fields as JSON
+    updated_at REAL NOT NULL
+)
+"""
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the event loop and worker threads, serialised by a lock.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a job reported as saved survives a power cut
+        self._db.execute(SCHEMA)
+        self._lock = threading.Lock()
+
+    def save(self, record: Any) -> None:
+        """Insert or replace a dataclass record (``Job``), atomically."""
+        body = json.dumps(asdict(record), default=str)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, body, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                (record.id, body, time.time()),
+            )
+
+    def load(self, record_type: type) -> list[Any]:
+        """Every stored record, oldest first, rebuilt as ``record_type``; unknown fields are ignored."""
+        names = {f.name for f in fields(record_type)}
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM jobs ORDER BY rowid").fetchall()
+        records = []
+        for (body,) in rows:
+            values = {k: v for k, v in json.loads(body).items() if k in names}
+            records.append(record_type.from_stored(values))
+        return records
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -241,6 +241,7 @@ class FrameResult:
     frame_index: int
     prediction: Prediction
     timings: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""  # the version Triton ran; "" when unknown
 
     def __post_init__(self) -> None:
         if self.frame_index < 0:

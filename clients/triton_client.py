@@ -87,8 +87,14 @@ class TritonModelClient:
     async def server_version(self) -> str:
         return (await self._client.get_server_metadata()).version
 
-    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def infer(self, images: np.ndarray, version: str | None = None) -> dict[str, np.ndarray]:
         """One request: uint8 [N, H, W, 3] at the model's size -> the model's outputs by name."""
+        return (await self.infer_versioned(images, version))[0]
+
+    async def infer_versioned(
+        self, images: np.ndarray, version: str | None = None
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Like ``infer``, and the version Triton ran (``version``: a specific one; None: its choice)."""
         tensor = grpcclient.InferInput(
             self.contract.input_name, list(images.shape), np_to_triton_dtype(images.dtype)
         )
@@ -97,19 +103,20 @@ class TritonModelClient:
             response = await self._client.infer(
                 self.contract.model_name,
                 [tensor],
-                model_version=self.version,
+                model_version=self.version if version is None else version,
                 outputs=[grpcclient.InferRequestedOutput(name) for name in self.contract.output_names],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as error:
             raise InferenceError(f"Triton rejected the request: {error.message()}") from error
-        return {name: response.as_numpy(name) for name in self.contract.output_names}
+        outputs = {name: response.as_numpy(name) for name in self.contract.output_names}
+        return outputs, response.get_response().model_version
 
-    async def predict_image(self, frame: np.ndarray) -> FrameResult:
+    async def predict_image(self, frame: np.ndarray, version: str | None = None) -> FrameResult:
         """One RGB frame of any size -> its ``FrameResult``, in the frame's pixels."""
-        return (await self.predict_images([frame]))[0]
+        return (await self.predict_images([frame], version))[0]
 
-    async def predict_images(self, frames: list[np.ndarray]) -> list[FrameResult]:
+    async def predict_images(self, frames: list[np.ndarray], version: str | None = None) -> list[FrameResult]:
         """A few RGB frames of any sizes, in requests of up to ``max_batch_size`` frames."""
         results: list[FrameResult] = []
         size = self.contract.max_batch_size
@@ -121,7 +128,7 @@ class TritonModelClient:
             entry = (
                 start,
                 [f.shape for f in group],
-                asyncio.ensure_future(self._timed_infer(batch)),
+                asyncio.ensure_future(self._timed_infer(batch, version)),
                 preprocess,
             )
             results.extend(await _collect(entry, self.contract))
@@ -151,22 +158,24 @@ class TritonModelClient:
             for *_, task, _ in in_flight:
                 task.cancel()
 
-    async def _timed_infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    async def _timed_infer(
+        self, batch: np.ndarray, version: str | None = None
+    ) -> tuple[dict[str, np.ndarray], str, float]:
         started = time.perf_counter()
-        outputs = await self.infer(batch)
-        return outputs, time.perf_counter() - started
+        outputs, served_version = await self.infer_versioned(batch, version)
+        return outputs, served_version, time.perf_counter() - started
 
 
 async def _collect(entry, contract: ModelContract) -> list[FrameResult]:
     first_index, shapes, task, preprocess = entry
-    outputs, infer_s = await task
+    outputs, version, infer_s = await task
     results = []
     predictions = predictions_from_outputs(outputs, contract)
     for offset, (prediction, shape) in enumerate(zip(predictions, shapes, strict=True)):
         started = time.perf_counter()
         prediction = to_image_size(prediction, contract, shape[0], shape[1])
         timings = {"preprocess": preprocess, "infer": infer_s, "postprocess": time.perf_counter() - started}
-        results.append(FrameResult(first_index + offset, prediction, timings))
+        results.append(FrameResult(first_index + offset, prediction, timings, version))
     return results
 
 

@@ -37,11 +37,13 @@ from clients.pipeline import ARTIFACTS
 from clients.results import FrameResult, Segmentation
 from clients.triton_client import InferenceError
 from clients.video import CorruptVideoError, VideoError, probe
+from gateway.ab import ABTests
 from gateway.errors import ApiError, ErrorBody, error_response, errors, install_error_handlers
 from gateway.jobs import Job, JobManager, JobStatus
 from gateway.metrics import GatewayMetrics
 from gateway.models import ModelCatalog, ServedModel
 from gateway.settings import GatewaySettings
+from gateway.store import GatewayStore
 from gateway.uploads import StoredUpload, receive_files
 
 JobId = Annotated[str, PathParam(description="the id returned when the video was uploaded")]
@@ -82,7 +84,22 @@ class ImageResult(BaseModel):
 
 class ImagePredictions(BaseModel):
     model: str
+    version: str
     results: list[ImageResult]
+
+
+class ABStart(BaseModel):
+    weights: dict[str, int]
+
+
+class ABReport(BaseModel):
+    model_config = {"extra": "allow"}
+    id: str
+    model: str
+    weights: dict[str, int]
+    started_at: float
+    versions: dict[str, dict[str, Any]]
+    tests: dict[str, Any]
 
 
 class JobAccepted(BaseModel):
@@ -123,15 +140,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     catalog = ModelCatalog(settings)
     for name in catalog.contracts:
         metrics.register_model(name)
+    store = GatewayStore(settings.data_dir / "gateway.sqlite")
+    ab_tests = ABTests(store)
+
+    def subject_of(request: Request) -> str:
+        """Who a request is from, for sticky A/B assignment: API key name, client id, or address."""
+        key = getattr(request.state, "api_key_name", None)
+        client_id = request.headers.get("x-client-id")
+        return key or client_id or (request.client.host if request.client else "anonymous")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         catalog.open_clients()  # gRPC channels must be created inside the server's event loop
-        app.state.jobs = JobManager(settings, metrics)
+        app.state.jobs = JobManager(settings, metrics, store)
         app.state.jobs.recover(catalog.models)  # jobs a previous process left: resumed or failed, never lost
         yield
         await app.state.jobs.shutdown()
         await catalog.close()
+        store.close()
 
     app = FastAPI(
         title="ProdSegmenter gateway",
@@ -173,19 +199,28 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise ApiError(422, "invalid_option", "format=png takes one image; use format=json for several")
         decoded = time.perf_counter()
         metrics.request_stage_seconds.labels(served.name, "decode").observe(decoded - started)
+        version = ab_tests.version_for(served.name, subject_of(request))  # None: Triton's served version
         try:
-            results = await served.client.predict_images(frames)
+            results = await served.client.predict_images(frames, version)
         except InferenceError as error:
+            if version is not None:
+                ab_tests.record(served.name, version, 0.0, None)
             raise ApiError(502, "inference_failed", str(error)) from error
         inferred = time.perf_counter()
+        served_version = results[0].model_version
         metrics.request_stage_seconds.labels(served.name, "infer").observe(inferred - decoded)
         metrics.frames.labels(served.name, "image").inc(len(results))
-        headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}"}
+        metrics.predictions.labels(served.name, served_version).inc(len(results))
+        metrics.inference_seconds.labels(served.name, served_version).observe(inferred - decoded)
+        for result in results:
+            ab_tests.record(served.name, served_version, inferred - decoded, result.prediction)
+        headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}", "X-Model-Version": served_version}
         if contract.task == Task.SEGMENTATION and len(results) == 1 and format != "json":
             headers["X-Labels"] = ",".join(contract.labels.names)
             return Response(encode_mask_png(results[0].mask), media_type="image/png", headers=headers)
         body = {
             "model": served.name,
+            "version": served_version,
             "results": [
                 _result_json(result, upload.filename, frame.shape, served, confidence)
                 for result, upload, frame in zip(results, uploads, frames, strict=True)
@@ -252,6 +287,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return {"models": described, "default_model": catalog.default_model, "unavailable": catalog.errors}
 
     for name, contract in catalog.contracts.items():
+        _add_ab_routes(app, name, contract, catalog, ab_tests)
         _add_model_routes(
             app, name, contract, catalog, settings, predict, upload_video, job_of, artifact_file, delete_job
         )
@@ -262,6 +298,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.api_route("/v1/models/{model}/videos", methods=["POST"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/videos/{job_id}", methods=["GET", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/videos/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/ab", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
     async def unknown_model(model: str) -> None:
         catalog.get(model)  # raises 404 model_not_found
         raise ApiError(404, "not_found", "no such route")
@@ -461,6 +498,37 @@ def _add_model_routes(
         summary=f"{name}: download a finished job's artefact",
         tags=tags,
     )(video_artifact)
+
+
+def _add_ab_routes(app: FastAPI, name: str, contract, catalog: ModelCatalog, ab_tests: ABTests) -> None:
+    """Start, report and stop an A/B test between versions Triton serves of one model."""
+    base, tags = f"/v1/models/{name}/ab", [name]
+
+    @app.put(
+        base,
+        response_model=ABReport,
+        responses=errors(422),
+        summary=f"{name}: start an A/B test (weights per version, summing to 100)",
+        tags=tags,
+    )
+    async def start_ab(body: ABStart) -> dict:
+        loaded = await catalog.get(name).client.served_versions()
+        ab_tests.start(name, body.weights, loaded)
+        return ab_tests.report(name, contract.labels.names)
+
+    @app.get(
+        base, response_model=ABReport, responses=errors(404), summary=f"{name}: the A/B report", tags=tags
+    )
+    async def report_ab() -> dict:
+        return ab_tests.report(name, contract.labels.names)
+
+    @app.delete(
+        base, response_model=ABReport, responses=errors(404), summary=f"{name}: stop the A/B test", tags=tags
+    )
+    async def stop_ab() -> dict:
+        report = ab_tests.report(name, contract.labels.names)
+        ab_tests.stop(name)
+        return report
 
 
 def _multipart(description: str, max_files: int, many: bool) -> dict[str, Any]:

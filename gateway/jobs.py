@@ -21,7 +21,7 @@ from clients.pipeline import process_video
 from gateway.metrics import GatewayMetrics
 from gateway.models import ServedModel
 from gateway.settings import GatewaySettings
-from gateway.store import JobStore
+from gateway.store import GatewayStore
 
 
 class JobStatus(StrEnum):
@@ -100,7 +100,7 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics, store: GatewayStore) -> None:
         self.settings = settings
         self.metrics = metrics
         self.jobs: dict[str, Job] = {}
@@ -108,7 +108,7 @@ class JobManager:
         self._tasks: set[asyncio.Task] = set()
         self.jobs_dir = settings.data_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(settings.data_dir / "jobs.sqlite")
+        self.store = store
         self._last_saved: dict[str, float] = {}
 
     def recover(self, models: dict[str, ServedModel]) -> None:
@@ -216,4 +216,3 @@ class JobManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.store.close()

@@ -51,6 +51,19 @@ class GatewayMetrics:
             buckets=(5, 10, 20, 30, 45, 60, 90, 120, 240, 480),
             registry=self.registry,
         )
+        self.predictions = Counter(
+            "prodseg_gateway_predictions",
+            "Images predicted, by the model version that made the prediction",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "prodseg_gateway_inference_seconds",
+            "Triton round trip of image requests, by model version",
+            ["model", "version"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=self.registry,
+        )
         self.requests = Histogram(
             "prodseg_gateway_request_seconds",
             "HTTP request latency",

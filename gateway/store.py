@@ -1,4 +1,5 @@
-"""The gateway's durable job store: one SQLite file on the data volume, one row per job.
+"""The gateway's durable store: one SQLite file on the data volume, one row per job, plus named state
+(the A/B tests running, for example).
 
 Every state change of a job is written here before it is reported, so a gateway restart loses no
 job: queued ones start again, running ones start again from their upload (outputs are written
@@ -22,11 +23,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,          -- the job's fields as JSON
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL          -- JSON
 )
 """
 
 
-class JobStore:
+class GatewayStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +39,7 @@ class JobStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a job reported as saved survives a power cut
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
     def save(self, record: Any) -> None:
@@ -61,6 +66,26 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def put_state(self, key: str, value: Any) -> None:
+        """Store a JSON value under ``key``; ``None`` removes it."""
+        with self._lock:
+            if value is None:
+                self._db.execute("DELETE FROM state WHERE key = ?", (key,))
+            else:
+                self._db.execute(
+                    "INSERT INTO state (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, json.dumps(value)),
+                )
+
+    def state(self, prefix: str = "") -> dict[str, Any]:
+        """Every stored value whose key starts with ``prefix``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM state WHERE key LIKE ? || '%'", (prefix,)
+            ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
 
     def close(self) -> None:
         with self._lock:

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from prodseg.ab_cli import ab_app
+from prodseg.batch_cli import batch_app
 from prodseg.drift_cli import drift_app
 from prodseg.keys_cli import keys_app
 
@@ -26,7 +28,9 @@ synth_app = typer.Typer(
     help="Generate procedural shelf scenes with exact ground-truth masks.", no_args_is_help=True
 )
 app.add_typer(synth_app, name="synth")
+app.add_typer(ab_app, name="ab")
 app.add_typer(drift_app, name="drift")
+app.add_typer(batch_app, name="batch")
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 

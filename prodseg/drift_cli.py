@@ -79,6 +79,35 @@ def _resolve(model: str, version: int | None, repository: Path | None):
         raise _fail(str(error)) from error
 
 
+def build_reference(
+    model: str,
+    images_dir: Path,
+    version: int | None = None,
+    repository: Path | None = None,
+    components: int = 3,
+    threads: int = 0,
+):
+    """Run the model version over ``images_dir`` and save its reference; returns it (``ValueError``s)."""
+    from clients.contract import ModelContract
+    from clients.drift import DriftReference, reference_path
+    from clients.repository import latest_version
+
+    contract = ModelContract.load(model, repository)
+    version = version or latest_version(model, repository)
+    rows = list(model_outputs(model, version, image_files(images_dir), repository, threads))
+    built = DriftReference.build(
+        model,
+        contract.task,
+        contract.labels.names,
+        [image for _, image, _ in rows],
+        [summary for _, _, summary in rows],
+        version=version,
+        components=components,
+    )
+    built.save(reference_path(model, version, repository))
+    return built
+
+
 @drift_app.command()
 def reference(
     images_dir: ImagesArgument,
@@ -89,28 +118,17 @@ def reference(
     threads: ThreadsOption = 0,
 ) -> None:
     """Run the model over held-out images and write drift_reference.json beside its version."""
-    from clients.drift import DriftReference, reference_path
+    from clients.drift import reference_path
 
-    contract, version = _resolve(model, version, repository)
+    _, version = _resolve(model, version, repository)
     try:
-        files = image_files(images_dir)
-        rows = list(model_outputs(model, version, files, repository, threads))
-        built = DriftReference.build(
-            model,
-            contract.task,
-            contract.labels.names,
-            [image for _, image, _ in rows],
-            [summary for _, _, summary in rows],
-            version=version,
-            components=components,
-        )
+        built = build_reference(model, images_dir, version, repository, components, threads)
     except ValueError as error:
         raise _fail(str(error)) from error
-    path = built.save(reference_path(model, version, repository))
     console.print(
         f"{model} v{version}: reference of {built.num_samples} images, {len(built.feature_names)} features"
     )
-    print(path)
+    print(reference_path(model, version, repository))
 
 
 @drift_app.command()

@@ -221,8 +221,8 @@ class DriftReference:
     task: Task
     class_names: tuple[str, ...]
     embedding: Embedding
-    numeric: dict[str, np.ndarray]  # feature -> reference values, one per reference image
-    class_counts: dict[str, np.ndarray]  # class-mix feature -> counts per class over the reference
+    numeric: dict[str, np.ndarray]  # feature -> reference values (one per image; embedding: half)
+    class_counts: dict[str, np.ndarray]  # class-mix feature -> counts per class (per detection, per image)
     version: int | None = None
     created: str = ""
 

@@ -20,11 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from clients.atomic import write_bytes
 from clients.contract import ModelContract
 from clients.labels import LabelMap
 from clients.masks import MaskArchiveWriter, encode_mask_png
 from clients.video import VideoSink
 
+SHELF_MODEL = "shelf_segmenter"  # the model whose labels.txt names the classes drawn here
 _REFERENCE_HEIGHT = 384  # sizes below are pixels at this image height and scale with the real one
 _LETTERS = "ABCDEFGHIJKLMNOPRSTUVWXYZ"
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX)
@@ -124,8 +126,9 @@ def write_dataset(out_dir: Path, count: int, seed: int, height: int = 384, width
         ok, png = cv2.imencode(".png", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
         if not ok:
             raise ValueError("PNG encoding failed")
-        (images / f"{index:06d}.png").write_bytes(png.tobytes())
-        (masks / f"{index:06d}.png").write_bytes(encode_mask_png(scene.mask))
+        # Each file appears complete or not at all: a reader may start on the folder while it grows.
+        write_bytes(images / f"{index:06d}.png", png.tobytes())
+        write_bytes(masks / f"{index:06d}.png", encode_mask_png(scene.mask))
 
 
 def scene_seed(seed: int, index: int) -> int:
@@ -135,7 +138,8 @@ def scene_seed(seed: int, index: int) -> int:
 
 @functools.cache
 def _default_labels() -> LabelMap:
-    return ModelContract.load().labels
+    # The shelf scenes are drawn in the shelf model's classes.
+    return ModelContract.load(SHELF_MODEL).labels
 
 
 @dataclass(frozen=True)

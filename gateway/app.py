@@ -507,7 +507,7 @@ def _add_ab_routes(app: FastAPI, name: str, contract, catalog: ModelCatalog, ab_
     @app.put(
         base,
         response_model=ABReport,
-        responses=errors(422),
+        responses=errors(400, 422),
         summary=f"{name}: start an A/B test (weights per version, summing to 100)",
         tags=tags,
     )

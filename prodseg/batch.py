@@ -58,7 +58,7 @@ class BatchError(Exception):
 
 
 class TritonFailure(RuntimeError):
-    """Triton failed mid-batch; what was committed stays, and the same command resumes (exit 1)."""
+    """Triton unreachable or failed mid-batch; what was committed stays and the same command resumes."""
 
 
 # ---- Input ------------------------------------------------------------------------------------
@@ -298,9 +298,10 @@ def prediction_row(key: str, model: str, version: str, prediction: Prediction, l
     is in the image's pixels (boxes in the JSONL too)."""
     now = _now()
     if isinstance(prediction, Classification):
+        top3 = {labels.names[i]: round(p, 5) for i, p in prediction.top(3)}
         return Row(
             key, model, version, "ok", labels.names[prediction.class_id], prediction.confidence,
-            {"label": labels.names[prediction.class_id]}, time=now, result=prediction.to_json(labels),
+            {"top3": top3}, time=now, result=prediction.to_json(labels),
         )  # fmt: skip
     if isinstance(prediction, Detections):
         summary = prediction.summary(labels)
@@ -438,13 +439,15 @@ async def write_rows(
 
 async def _pick_version(client, plan: BatchPlan) -> str:
     """The version a new batch runs with (the newest Triton serves), or the one a resumed batch began with."""
+    model, url = plan.settings.model, plan.settings.triton_url
     try:
         served = await client.served_versions()
     except Exception as error:  # noqa: BLE001 - any transport failure means the same thing here
-        raise BatchError(f"cannot reach Triton at {plan.settings.triton_url}: {error}") from error
-    model = plan.settings.model
-    if not served:
-        raise BatchError(f"model {model!r} is not ready on Triton at {plan.settings.triton_url}")
+        raise TritonFailure(f"cannot reach Triton at {url}: {error}; retry when it is up") from error
+    if not served:  # Triton down or still loading: worth a retry (exit 1), unlike bad input (exit 2)
+        raise TritonFailure(
+            f"model {model!r} is not ready on Triton at {url} (or Triton is down); retry later"
+        )
     pinned = plan.meta.get("version")
     if pinned is None:
         return served[-1]

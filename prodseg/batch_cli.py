@@ -1,7 +1,7 @@
 """``prodseg batch``: run a model over a folder of images as a resumable batch job, and merge shards.
 
 The logic lives in ``prodseg.batch``; this module parses options, draws the progress bar and maps
-outcomes to exit codes: 0 done (or nothing to do), 1 Triton failed mid-batch (rerun to resume),
+outcomes to exit codes: 0 done (or nothing to do), 1 Triton unreachable or failed (rerun: it resumes),
 2 the batch cannot run as asked (the message says why).
 """
 

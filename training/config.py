@@ -19,25 +19,18 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from clients.contract import MODEL_NAME, ModelContract
+from clients.contract import ModelContract, Task
 from training.datasets import DataSpec
+
+if TYPE_CHECKING:
+    from training.tasks import TaskAdapter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-# smp constructor arguments the pipeline sets itself; a config's model.options may not.
-_RESERVED_MODEL_ARGS = {
-    "encoder_name",
-    "encoder_weights",
-    "in_channels",
-    "classes",
-    "activation",
-    "aux_params",
-}
 
 
 class ConfigError(ValueError):
@@ -46,8 +39,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``arch`` is an smp architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...); ``encoder`` any
-    smp encoder or ``tu-<timm model>``. ``options`` go to the smp class as keyword arguments (e.g.
+    """The network, read by the task's adapter (:mod:`training.tasks`). For segmentation ``arch`` is
+    an smp architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...), ``encoder`` any smp encoder or
+    ``tu-<timm model>``, and ``options`` go to the smp class as keyword arguments (e.g.
     ``decoder_channels``, ``decoder_attention_type: scse``). ``encoder_weights`` is an optional local
     state-dict file (``.pt``/``.pth``/``.safetensors``): nothing is downloaded."""
 
@@ -55,14 +49,6 @@ class ModelSpec:
     encoder: str = "tu-mobilenetv3_small_100"
     options: dict[str, Any] = field(default_factory=dict)
     encoder_weights: Path | None = None
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """Weights of the two loss terms: CE for every pixel, Dice for the thin, rare classes."""
-
-    cross_entropy: float = 1.0
-    dice: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +78,8 @@ class AugmentSpec:
 
     crop: tuple[int, int] = (192, 320)
     hflip: float = 0.5
+    vflip: float = 0.0  # surfaces (cracks) have no up; shelves do, so 0 by default
+    transpose: float = 0.0  # swap rows and columns (a 90-degree turn with a flip); square crops only
     brightness: float = 0.0
     contrast: float = 0.0
     jpeg_probability: float = 0.0
@@ -164,19 +152,22 @@ class ExportSpec:
 
 @dataclass(frozen=True)
 class GateSpec:
-    """What a model must reach to be published.
+    """What a model must reach to be published: the ``gate:`` section.
 
-    Absolute floors (``min_miou``, ``min_class_iou`` per class name, ONNX Runtime pixel agreement
-    with PyTorch), and no regression: the ``baseline`` alias's version (the latest published one if
-    the alias is unset) is evaluated on the same test split, and the candidate may trail its mIoU by
-    at most ``max_regression``.
+    Shared by every task: agreement with PyTorch of ONNX Runtime fp32 (``min_onnxruntime_agreement``)
+    and of the engine the cpu config serves (``min_served_agreement``: OpenVINO, bf16 where the CPU
+    has it, so a little below 1), and no regression: the ``baseline`` alias's version (the latest
+    published one if the alias is unset) is evaluated on the same test split, and the candidate may
+    trail it on the task's headline metric by at most ``max_regression``. The task's own floors
+    (e.g. ``min_miou``, ``min_class_iou``) sit in the same YAML mapping and are parsed into
+    ``floors``, an instance of the task adapter's ``gate_spec``.
     """
 
-    min_miou: float = 0.0
-    min_class_iou: dict[str, float] = field(default_factory=dict)
     min_onnxruntime_agreement: float = 0.999
+    min_served_agreement: float = 0.99
     max_regression: float = 0.01
     baseline: str = "production"
+    floors: Any = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +175,7 @@ class TrackingSpec:
     """MLflow. ``uri`` beats ``MLFLOW_TRACKING_URI`` beats ``sqlite:///<project>/out/mlflow.db``."""
 
     uri: str | None = None
-    experiment: str = MODEL_NAME
+    experiment: str | None = None  # default: the model's name
 
 
 @dataclass(frozen=True)
@@ -192,7 +183,7 @@ class PublishSpec:
     """Where versions go (default: this checkout's ``model_repository/``) and which alias to move."""
 
     repository: Path | None = None
-    model_name: str = MODEL_NAME
+    model_name: str | None = None  # or the top-level model_name; one of them is required
     promote: str | None = None  # e.g. "production": promote the new version after publishing
     triton_url: str | None = None  # a running Triton (HTTP) to reload after a promotion
 
@@ -207,16 +198,22 @@ class AzureSpec:
     image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
     data: str = "azureml://datastores/shelves/paths/data"
     model_repository: str = "azureml://datastores/models/paths/model_repository"
-    experiment: str = MODEL_NAME
+    experiment: str | None = None  # default: the model's name
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    data: DataSpec | Sku110kSource = field(default_factory=DataSpec)
+    """A whole training config. ``task`` and the model's name (top-level ``model_name`` or
+    ``publish.model_name``) are required; :func:`config_from_dict` fills ``publish.model_name`` and
+    the experiment names from it. ``loss`` is the task adapter's ``loss_spec`` instance."""
+
+    task: Literal["segmentation", "detection", "classification"] | None = None
+    model_name: str | None = None
+    data: DataSpec | Sku110kSource | None = None  # config_from_dict always sets it
     model: ModelSpec = field(default_factory=ModelSpec)
     input_size: tuple[int, int] | None = None  # assertion only: the contract decides
     classes: tuple[str, ...] | None = None  # assertion only: labels.txt decides
-    loss: LossSpec = field(default_factory=LossSpec)
+    loss: Any = None
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     augment: AugmentSpec = field(default_factory=AugmentSpec)
@@ -232,19 +229,32 @@ class PipelineConfig:
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {problem}")
 
+    @property
+    def adapter(self) -> TaskAdapter:
+        """The task's training adapter (:mod:`training.tasks`)."""
+        from training.tasks import adapter_for
+
+        assert self.task is not None  # config_from_dict requires it
+        return adapter_for(self.task)
+
     def contract(self) -> ModelContract:
         """The target repository's contract, checked against what this config asserts."""
         from clients.contract import default_repository
 
         repository = self.publish.repository or default_repository()
+        assert self.publish.model_name is not None  # config_from_dict requires it
         try:
-            contract = ModelContract.load(repository, self.publish.model_name)
+            contract = ModelContract.load(self.publish.model_name, repository)
         except (OSError, ValueError) as error:
             raise self.error("publish.repository", f"cannot read the model contract: {error}") from None
         self.check_contract(contract)
         return contract
 
     def check_contract(self, contract: ModelContract) -> None:
+        if contract.task != self.task:
+            raise self.error(
+                "task", f"{self.task} but {contract.model_name}'s config.pbtxt declares {contract.task.value}"
+            )
         if self.input_size is not None and tuple(self.input_size) != (contract.height, contract.width):
             raise self.error(
                 "input_size",
@@ -254,18 +264,15 @@ class PipelineConfig:
         names = contract.labels.names
         if self.classes is not None and list(self.classes) != names:
             raise self.error("classes", f"{list(self.classes)} but labels.txt has {names}")
-        unknown = sorted(set(self.gate.min_class_iou) - set(names))
-        if unknown:
-            raise self.error("gate.min_class_iou", f"unknown class(es) {unknown}; labels.txt has {names}")
-        crop_h, crop_w = self.augment.crop
-        if crop_h > contract.height or crop_w > contract.width:
-            raise self.error(
-                "augment.crop", f"{[crop_h, crop_w]} exceeds the input {[contract.height, contract.width]}"
-            )
+        self.adapter.check_contract(self, contract)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (paths as strings) for tracking and checkpoints."""
-        return _plain(dataclasses.asdict(self))
+        """Plain data (paths as strings) for tracking and checkpoints, in the file's own layout (the
+        task's gate floors beside the shared gate keys), so it loads back as the same config."""
+        plain = _plain(dataclasses.asdict(self))
+        gate = plain["gate"]
+        plain["gate"] = {**{k: v for k, v in gate.items() if k != "floors"}, **(gate["floors"] or {})}
+        return plain
 
 
 def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
@@ -287,13 +294,61 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Pipel
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConfig:
     raw = dict(raw)
-    data = raw.pop("data", {}) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: data: expected a mapping")
-    config = _build(PipelineConfig, raw, source, "", internal=frozenset({"data", "source"}))
-    config = dataclasses.replace(config, data=_data_spec(data, source), source=source)
+    sections = {}
+    for name in ("data", "loss", "gate"):
+        sections[name] = raw.pop(name, {}) or {}
+        if not isinstance(sections[name], dict):
+            raise ConfigError(f"{source}: {name}: expected a mapping")
+    internal = frozenset({"data", "loss", "gate", "source"})
+    config = _build(PipelineConfig, raw, source, "", internal=internal)
+    if config.task is None:
+        known = ", ".join(task.value for task in Task)
+        raise ConfigError(f"{source}: task: required (one of {known})")
+    from training.tasks import adapter_for
+
+    adapter = adapter_for(config.task)
+    config = dataclasses.replace(
+        config,
+        data=_data_spec(sections["data"], source),
+        loss=_build(adapter.loss_spec, sections["loss"], source, "loss."),
+        gate=_gate_spec(adapter.gate_spec, sections["gate"], source),
+        source=source,
+    )
+    config = _named(config)
     _check(config)
+    adapter.check_config(config)
     return config
+
+
+def _gate_spec(floors_type: type, raw: dict[str, Any], source: str) -> GateSpec:
+    """The shared gate keys into GateSpec, the rest into the task's floors; unknown keys name both."""
+    shared = [f.name for f in dataclasses.fields(GateSpec) if f.name != "floors"]
+    own = [f.name for f in dataclasses.fields(floors_type)]
+    unknown = sorted(set(raw) - set(shared) - set(own))
+    if unknown:
+        raise ConfigError(f"{source}: gate: unknown key(s) {unknown}; known: {shared + own}")
+    floors = _build(floors_type, {k: v for k, v in raw.items() if k in own}, source, "gate.")
+    spec = _build(
+        GateSpec, {k: v for k, v in raw.items() if k in shared}, source, "gate.", frozenset({"floors"})
+    )
+    return dataclasses.replace(spec, floors=floors)
+
+
+def _named(config: PipelineConfig) -> PipelineConfig:
+    """The model's name in every place that uses it: publish, tracking and Azure ML experiments."""
+    top, published = config.model_name, config.publish.model_name
+    if top and published and top != published:
+        raise config.error("model_name", f"{top!r} but publish.model_name is {published!r}: give one")
+    name = top or published
+    if not name:
+        raise config.error("model_name", "required: name the model (top level or publish.model_name)")
+    return dataclasses.replace(
+        config,
+        model_name=name,
+        publish=dataclasses.replace(config.publish, model_name=name),
+        tracking=dataclasses.replace(config.tracking, experiment=config.tracking.experiment or name),
+        azure=dataclasses.replace(config.azure, experiment=config.azure.experiment or name),
+    )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -317,8 +372,7 @@ def _data_spec(data: dict[str, Any], source: str) -> DataSpec | Sku110kSource:
 
 
 def _check(config: PipelineConfig) -> None:
-    """Checks that need more than types: names, ranges and combinations."""
-    _check_model(config)
+    """Checks that need more than types and hold for every task: ranges and combinations."""
     train, augment = config.train, config.augment
     if train.epochs is not None and train.steps is not None:
         raise config.error("train", "give epochs or steps, not both")
@@ -339,7 +393,7 @@ def _check(config: PipelineConfig) -> None:
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise config.error(key, f"must be > 0, got {value}")
-    for key in ("hflip", "jpeg_probability"):
+    for key in ("hflip", "vflip", "transpose", "jpeg_probability"):
         if not 0 <= getattr(augment, key) <= 1:
             raise config.error(f"augment.{key}", "is a probability in [0, 1]")
     for key in ("brightness", "contrast"):
@@ -351,42 +405,6 @@ def _check(config: PipelineConfig) -> None:
     if isinstance(config.data, Sku110kSource) and config.data.labeler == "sam":
         if config.data.sam_checkpoint is None:
             raise config.error("data.sam_checkpoint", "required with labeler: sam (or use labeler: box)")
-
-
-def _check_model(config: PipelineConfig) -> None:
-    """Architecture, encoder and options by name, against smp's and timm's registries."""
-    import inspect
-
-    from training.compat import patch_torchvision_ops
-
-    patch_torchvision_ops()
-    import segmentation_models_pytorch as smp
-    import timm
-
-    spec = config.model
-    architectures = {cls.__name__.lower(): cls for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
-    cls = architectures.get(spec.arch.lower())
-    if cls is None:
-        known = sorted(c.__name__ for c in architectures.values())
-        raise config.error("model.arch", f"unknown architecture {spec.arch!r}; smp has {known}")
-    encoder = spec.encoder
-    if encoder.startswith("tu-"):
-        if not timm.is_model(encoder[3:]):
-            close = timm.list_models(f"*{encoder[3:].split('_')[0]}*")[:8]
-            raise config.error("model.encoder", f"unknown timm model {encoder[3:]!r}; similar: {close}")
-    elif encoder not in smp.encoders.get_encoder_names():
-        raise config.error(
-            "model.encoder",
-            f"unknown encoder {encoder!r}: not an smp encoder, and timm models are named 'tu-<name>'",
-        )
-    allowed = set(inspect.signature(cls.__init__).parameters) - _RESERVED_MODEL_ARGS - {"self", "kwargs"}
-    unknown = sorted(set(spec.options) - allowed)
-    if unknown:
-        raise config.error(
-            "model.options", f"{unknown} are not options of smp.{cls.__name__}: {sorted(allowed)}"
-        )
-    if spec.encoder_weights is not None and not spec.encoder_weights.is_file():
-        raise config.error("model.encoder_weights", f"{spec.encoder_weights} is not a file")
 
 
 # ------------------------------------------------------------------------ dict -> dataclass

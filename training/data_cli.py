@@ -40,18 +40,18 @@ def ingest(
     image (by the CSV's size columns and the file's own size), and the image present and readable.
     Bad rows are listed with their line numbers; the command fails only when no row is usable.
     """
-    from prodseg.cli import console, fail
+    from training.cli_output import console, fail
     from training.datasets import DatasetError, write_json_atomically
     from training.sku110k import read_annotations
 
     try:
-        with console.status(f"Checking {csv_path}"):
+        with console().status(f"Checking {csv_path}"):
             annotations = read_annotations(csv_path, images_dir)
         summary = annotations.report()
-        _print_annotations(console, summary, show)
+        _print_annotations(console(), summary, show)
         if report is not None:
             write_json_atomically(report, summary)
-            console.print(f"full report in {report}")
+            console().print(f"full report in {report}")
     except (DatasetError, OSError) as error:  # OSError: e.g. the report's folder is not writable
         raise fail(str(error)) from None
 
@@ -60,6 +60,9 @@ def bootstrap(
     csv_path: CsvArgument,
     images_dir: ImagesArgument,
     out_dir: Annotated[Path, typer.Argument(help="dataset folder to write (images/, masks/, provenance/)")],
+    model: Annotated[
+        str, typer.Option(help="the model whose labels.txt names the classes (it needs a 'product' class)")
+    ],
     labeler: Annotated[
         str, typer.Option(help="'sam': Segment Anything box prompts; 'box': filled boxes, no checkpoint")
     ] = "sam",
@@ -83,23 +86,23 @@ def bootstrap(
     """
     from rich.progress import Progress
 
-    from clients.contract import ModelContract
-    from prodseg.cli import console, fail
+    from clients.contract import ContractError, ModelContract
+    from training.cli_output import console, fail
     from training.datasets import DatasetError
     from training.sam_bootstrap import BootstrapError, bootstrap_masks, check_options
     from training.sku110k import read_annotations
 
     try:
         check_options(labeler, checkpoint, model_type, box_batch)
-        with console.status(f"Checking {csv_path}"):
+        with console().status(f"Checking {csv_path}"):
             annotations = read_annotations(csv_path, images_dir)
-        _print_annotations(console, annotations.report(), show=5)
-        with Progress(console=console, transient=True) as progress:
+        _print_annotations(console(), annotations.report(), show=5)
+        with Progress(console=console(), transient=True) as progress:
             result = bootstrap_masks(
                 annotations,
                 images_dir,
                 out_dir,
-                ModelContract.load().labels,
+                ModelContract.load(model).labels,
                 labeler=labeler,
                 checkpoint=checkpoint,
                 model_type=model_type,
@@ -107,15 +110,15 @@ def bootstrap(
                 min_predicted_iou=min_predicted_iou,
                 progress=progress,
             )
-    except (DatasetError, BootstrapError, OSError) as error:  # OSError: e.g. OUT_DIR is not writable
+    except (DatasetError, BootstrapError, ContractError, OSError) as error:  # OSError: OUT_DIR not writable
         raise fail(str(error)) from None
     iou = "n/a" if result.mean_predicted_iou is None else f"{result.mean_predicted_iou:.3f}"
-    console.print(
+    console().print(
         f"labelled {result.images_done} images ({result.images_skipped_existing} already done) in "
         f"{result.seconds:.1f} s: {result.boxes} boxes, {result.boxes_fallback} fell back to the filled box, "
         f"mean predicted IoU {iou}"
     )
-    console.print(f"dataset in {out_dir}; report in {out_dir / 'bootstrap_report.json'}")
+    console().print(f"dataset in {out_dir}; report in {out_dir / 'bootstrap_report.json'}")
 
 
 def synth_boxes(
@@ -131,28 +134,28 @@ def synth_boxes(
     """
     from rich.progress import Progress
 
-    from prodseg.cli import console, fail
+    from training.cli_output import console, fail
     from training.datasets import DatasetError
     from training.sku110k import write_sku110k_from_synth
 
     try:
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=console(), transient=True) as progress:
             csv_path = write_sku110k_from_synth(out_dir, count, seed, height, width, progress=progress)
     except (DatasetError, OSError) as error:
         raise fail(str(error)) from None
     rows = len(csv_path.read_text().splitlines())
-    console.print(f"wrote {count} images and {rows} boxes: {csv_path}")
-    console.print(f"try: prodseg bootstrap {csv_path} {out_dir / 'images'} DATASET_DIR --labeler box")
+    console().print(f"wrote {count} images and {rows} boxes: {csv_path}")
+    console().print(f"try: prodseg bootstrap {csv_path} {out_dir / 'images'} DATASET_DIR --labeler box")
 
 
-def _print_annotations(console: Console, summary: dict[str, Any], show: int) -> None:
-    console.print(
+def _print_annotations(out: Console, summary: dict[str, Any], show: int) -> None:
+    out.print(
         f"{summary['rows']} rows: {summary['valid_rows']} valid boxes on {summary['images']} images, "
         f"{summary['skipped_rows']} skipped"
     )
     for kind, count in summary["skipped_by_kind"].items():
-        console.print(f"  {count:6d} x {kind}")
+        out.print(f"  {count:6d} x {kind}")
     for row in summary["skipped"][:show]:
-        console.print(f"  line {row['line']}: {row['reason']}", highlight=False, markup=False)
+        out.print(f"  line {row['line']}: {row['reason']}", highlight=False, markup=False)
     if summary["skipped_rows"] > show:
-        console.print(f"  ... {summary['skipped_rows'] - show} more skipped rows")
+        out.print(f"  ... {summary['skipped_rows'] - show} more skipped rows")

@@ -17,16 +17,17 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from clients.atomic import atomic_path, write_text
 from clients.labels import LabelMap
 from clients.masks import decode_mask_png, encode_mask_png
-from datagen.shelves import render_scene, scene_seed
+from datagen.shelves import scene_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the folder format reads (case-insensitive)
 SPLITS = ("train", "val", "test")
@@ -67,8 +68,34 @@ class SegmentationDataset(Protocol):
     def __getitem__(self, index: int) -> Sample: ...
 
 
+# (seed, height, width, labels) -> (RGB image, class-id mask): a procedural segmentation generator.
+Renderer = Callable[[int, int, int, LabelMap], tuple[np.ndarray, np.ndarray]]
+
+
+def _shelves(seed: int, height: int, width: int, labels: LabelMap) -> tuple[np.ndarray, np.ndarray]:
+    from datagen.shelves import render_scene
+
+    scene = render_scene(seed, height, width, labels)
+    return scene.image, scene.mask
+
+
+def _cracks(seed: int, height: int, width: int, labels: LabelMap) -> tuple[np.ndarray, np.ndarray]:
+    from datagen.cracks import CLASSES, render_crack
+
+    if tuple(labels.names) != CLASSES:
+        raise DatasetError(f"the cracks generator draws {list(CLASSES)}, but labels.txt has {labels.names}")
+    sample = render_crack(seed, height, width)
+    return sample.image, sample.mask
+
+
+# data.generator -> renderer; each draws the classes of its model's labels.txt.
+GENERATORS: dict[str, Renderer] = {"shelves": _shelves, "cracks": _cracks}
+# Generators the other tasks' adapters (training/tasks/) render themselves and check against their task.
+TASK_GENERATORS = frozenset({"faces", "products", "engagement"})
+
+
 class ProceduralDataset:
-    """``size`` scenes of :mod:`datagen.shelves`, rendered on access (deterministic, nothing cached).
+    """``size`` scenes of a :mod:`datagen` generator, rendered on access (deterministic, not cached).
 
     Scene ``i`` of a split has seed ``scene_seed(base, i)``, where the split's base seed is
     ``seed`` (train), ``seed + 1_000_003`` (val) or ``seed + 2_000_006`` (test). ``scene_seed`` mixes
@@ -76,12 +103,24 @@ class ProceduralDataset:
     them once (a 384x640 scene renders in tens of milliseconds and weighs ~1 MB).
     """
 
-    def __init__(self, split: str, size: int, seed: int, height: int, width: int, labels: LabelMap) -> None:
+    def __init__(
+        self,
+        split: str,
+        size: int,
+        seed: int,
+        height: int,
+        width: int,
+        labels: LabelMap,
+        generator: str = "shelves",
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
+        if generator not in GENERATORS:
+            raise ValueError(f"unknown generator {generator!r}; known: {sorted(GENERATORS)}")
         self.split, self.size, self.height, self.width, self.labels = split, size, height, width, labels
+        self.render = GENERATORS[generator]
         self.num_classes = len(labels)
         self.base_seed = seed + SPLITS.index(split) * _SPLIT_SEED_STRIDE
 
@@ -94,8 +133,39 @@ class ProceduralDataset:
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} {self.split} scenes")
-        scene = render_scene(scene_seed(self.base_seed, index), self.height, self.width, self.labels)
-        return Sample(scene.image, scene.mask, f"{index:06d}")
+        image, mask = self.render(scene_seed(self.base_seed, index), self.height, self.width, self.labels)
+        return Sample(image, mask, f"{index:06d}")
+
+
+class BinaryFolderDataset:
+    """A binary dataset in the public layout (masks 0/255 or 0/1), read by :mod:`datagen.cracks`.
+
+    Pairs that fail validation are skipped and listed in ``skipped`` with their reasons.
+    """
+
+    def __init__(self, root: Path, names: Sequence[str] | None = None) -> None:
+        from datagen.cracks import read_crack_folder
+
+        try:
+            self.folder = read_crack_folder(Path(root), names)
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
+        self.names = self.folder.names
+        self.num_classes = 2
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return self.folder.report()["skipped"]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> Sample:
+        try:
+            sample = self.folder.read(self.names[index])
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
+        return Sample(sample.image, sample.mask, sample.name)
 
 
 class FolderDataset:
@@ -190,14 +260,19 @@ def _some(names: Sequence[str], limit: int = 5) -> str:
 class DataSpec:
     """The ``data:`` section of the training config.
 
-    ``kind: procedural`` renders ``train``/``val``/``test`` scenes from ``seed``. ``kind: folder``
-    reads ``root`` (the folder format) and splits its images by ``seed``: ``val_fraction`` and
-    ``test_fraction`` of them (at least one each when the fraction is above 0) go to val and test.
+    ``kind: procedural`` renders ``train``/``val``/``test`` scenes from ``seed`` with ``generator``
+    (a name of :data:`GENERATORS`: ``shelves``, ``cracks``). ``kind: folder`` reads ``root`` and
+    splits its images by ``seed``: ``val_fraction`` and ``test_fraction`` of them (at least one each
+    when the fraction is above 0) go to val and test. ``mask_format`` says what its masks hold:
+    ``class_ids`` (PNG class ids, every pair must be valid) or ``binary`` (the public layout of
+    binary datasets: PNG/JPG masks of 0/255 or 0/1; invalid pairs are skipped and reported).
     A relative ``root`` is relative to the working directory.
     """
 
     kind: str = "procedural"
     root: Path | None = None
+    generator: str | None = None
+    mask_format: str = "class_ids"
     train: int = 600
     val: int = 32
     test: int = 64
@@ -212,6 +287,13 @@ class DataSpec:
             raise ValueError("data.root is required when data.kind is 'folder'")
         if self.kind == "procedural" and self.root is not None:
             raise ValueError("data.root is only used when data.kind is 'folder'")
+        if self.kind == "procedural" and self.generator not in {*GENERATORS, *TASK_GENERATORS}:
+            known = sorted({*GENERATORS, *TASK_GENERATORS})
+            raise ValueError(f"data.generator must be one of {known}, got {self.generator!r}")
+        if self.kind == "folder" and self.generator is not None:
+            raise ValueError("data.generator is only used when data.kind is 'procedural'")
+        if self.mask_format not in ("class_ids", "binary"):
+            raise ValueError(f"data.mask_format must be 'class_ids' or 'binary', got {self.mask_format!r}")
         if self.root is not None and not isinstance(self.root, Path):
             raise ValueError(f"data.root must be a path, got {self.root!r}")
         for name, minimum in (("train", 1), ("val", 0), ("test", 0), ("seed", 0)):
@@ -244,6 +326,7 @@ class Splits:
     train: SegmentationDataset
     val: SegmentationDataset
     test: SegmentationDataset
+    skipped: list[dict[str, str]] = field(default_factory=list)  # files left out, with reasons
 
 
 def build_splits(spec: DataSpec, height: int, width: int, labels: LabelMap) -> Splits:
@@ -255,11 +338,20 @@ def build_splits(spec: DataSpec, height: int, width: int, labels: LabelMap) -> S
         sizes = {"train": spec.train, "val": spec.val, "test": spec.test}
         return Splits(
             **{
-                split: ProceduralDataset(split, sizes[split], spec.seed, height, width, labels)
+                split: ProceduralDataset(
+                    split, sizes[split], spec.seed, height, width, labels, spec.generator or ""
+                )
                 for split in SPLITS
             }
         )
     assert spec.root is not None  # DataSpec checks it
+    if spec.mask_format == "binary":
+        if len(labels) != 2:
+            raise DatasetError(f"data.mask_format binary needs 2 classes, but labels.txt has {labels.names}")
+        everything = BinaryFolderDataset(spec.root)
+        split_names = split_folder_names(everything.names, spec.seed, spec.val_fraction, spec.test_fraction)
+        splits = {split: BinaryFolderDataset(spec.root, split_names[split]) for split in SPLITS}
+        return Splits(**splits, skipped=everything.skipped)
     names = FolderDataset(spec.root, labels).names
     split_names = split_folder_names(names, spec.seed, spec.val_fraction, spec.test_fraction)
     return Splits(**{split: FolderDataset(spec.root, labels, split_names[split]) for split in SPLITS})
@@ -337,18 +429,14 @@ def atomic_directory(out_dir: Path) -> Iterator[Path]:
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it over ``path``; no partial file remains.
+    """``write(partial)``, then the partial file replaces ``path``: :func:`clients.atomic.atomic_path`.
 
-    Missing parent folders are created.
+    Only for ``training/engine_build.py``, which is being replaced; new code uses clients.atomic.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as partial:
         write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    replace_atomically(Path(path), lambda partial: partial.write_text(json.dumps(data, indent=2) + "\n"))
+    """``data`` as indented JSON, written with :mod:`clients.atomic` (complete or absent)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -1,6 +1,8 @@
 """The training pipeline: data -> train -> export + parity -> evaluate -> gate -> publish -> promote.
 
-Each stage is a function over a *run directory* that reads what earlier stages wrote there, so
+One pipeline for every task: each stage calls the config's task adapter (:mod:`training.tasks`)
+for what differs between segmentation, detection and classification. Each stage is a function over
+a *run directory* that reads what earlier stages wrote there, so
 ``prodseg pipeline`` runs them all and ``prodseg train|export|evaluate|publish`` run one each on the
 same directory. All of them log into one MLflow run, whose id ``run.json`` keeps.
 
@@ -11,10 +13,11 @@ same directory. All of them log into one MLflow run, whose id ``run.json`` keeps
               train.json              the training summary
               model.onnx, parity.json the serving graph and its agreement with PyTorch
               openvino/               model.xml + model.bin (export.openvino_ir)
-              evaluation/             evaluation.json, confusion.png, worst/NN_<name>.png
+              evaluation/             evaluation.json and the task's plots (segmentation:
+                                      confusion.png, worst/NN_<name>.png)
               gate.json               the gate's checks and the baseline's evaluation
 
-Every file is written to a temporary name and renamed, so an interrupted stage leaves the previous
+Every file is written with :mod:`clients.atomic`, so an interrupted stage leaves the previous
 complete file or none.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +33,15 @@ from typing import Any
 
 from clients.contract import ModelContract, default_repository
 from training import registry
-from training.config import PROJECT_ROOT, PipelineConfig, Sku110kSource
-from training.datasets import DataSpec, Splits, build_splits, write_json_atomically
-from training.evaluate import Baseline, EvaluationResult, GateResult, evaluate, gate
-from training.export import ParityResult, check_parity, export_onnx, export_openvino, predictor
+from training.config import PROJECT_ROOT, PipelineConfig
+from training.datasets import write_json_atomically
+from training.evaluate import Baseline, GateResult, gate
+from training.export import ParityResult, check_parity, engine_predictor, export_onnx, export_openvino
+from training.tasks import DataSplits, Evaluation
 from training.tracking import Tracker, tracking_uri
 from training.train import TrainResult, TrainSummary, load_trained_model, train
+
+RUNNER = "onnx_runner.py"  # the one python-backend runner, at the repository's root
 
 
 class PipelineError(ValueError):
@@ -82,14 +89,22 @@ def seed_repository(config: PipelineConfig, source: Path | None = None) -> bool:
     """Give an empty target repository the configs, labels and runner of this checkout's model.
 
     For a fresh repository on a datastore (Azure ML output): publishing needs ``config.pbtxt`` (the
-    contract) and ``model.py`` (the runner the versions link to). Returns False if already there.
+    contract) and the runner the versions link to (``onnx_runner.py`` at the repository's root, and
+    ``<model>/model.py -> ../onnx_runner.py``). Returns False if already there.
     """
-    model_dir = repository_of(config) / config.publish.model_name
+    repository = repository_of(config)
+    assert config.publish.model_name is not None  # the config requires it
+    model_dir = repository / config.publish.model_name
     if (model_dir / "config.pbtxt").is_file():
         return False
-    origin = Path(source or default_repository()) / config.publish.model_name
+    checkout = Path(source or default_repository())
+    origin = checkout / config.publish.model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("labels.txt", "model.py", "configs", "config.pbtxt"):  # the contract last
+    if not (repository / RUNNER).exists():
+        shutil.copy2(checkout / RUNNER, repository / RUNNER)
+    if not (model_dir / "model.py").exists():
+        os.symlink(os.path.join("..", RUNNER), model_dir / "model.py")
+    for name in ("labels.txt", "configs", "config.pbtxt"):  # the contract last
         source_path, target = origin / name, model_dir / name
         if source_path.is_dir():
             shutil.copytree(source_path, target, dirs_exist_ok=True)
@@ -132,43 +147,19 @@ def prepare_data(
     contract: ModelContract,
     tracker: Tracker | None = None,
     progress: Any = None,
-) -> Splits:
-    """The splits of the config's data; an SKU-110K source is labelled into the folder format first."""
-    source, bootstrap = config.data, None
-    if isinstance(source, Sku110kSource):
-        from training.sam_bootstrap import bootstrap_masks
-        from training.sku110k import read_annotations
-
-        images = source.path("images")
-        annotations = read_annotations(source.path("annotations"), images)
-        out = source.out or run.bootstrap
-        report = bootstrap_masks(
-            annotations,
-            images,
-            out,
-            contract.labels,
-            labeler=source.labeler,
-            checkpoint=source.sam_checkpoint,
-            model_type=source.sam_type,
-            box_batch=source.box_batch,
-            min_predicted_iou=source.min_predicted_iou,
-            progress=progress,
-        )
-        bootstrap = {"annotations": annotations.report(), **report.to_dict()}
-        spec = DataSpec(
-            kind="folder",
-            root=out,
-            seed=source.seed,
-            val_fraction=source.val_fraction,
-            test_fraction=source.test_fraction,
-        )
-        if tracker is not None:
-            tracker.log_metrics({f"bootstrap/{k}": v for k, v in report.to_dict().items() if _number(v)})
-    else:
-        spec = source
-    splits = build_splits(spec, contract.height, contract.width, contract.labels)
+) -> DataSplits:
+    """The splits of the config's data, built by the task's adapter; data.json records them."""
+    splits = config.adapter.build_splits(config, contract, run.root, progress)
     sizes = {f"{name}_images": len(getattr(splits, name)) for name in ("train", "val", "test")}
-    write_json_atomically(run.data_json, {"spec": config.to_dict()["data"], **sizes, "bootstrap": bootstrap})
+    write_json_atomically(run.data_json, {"spec": config.to_dict()["data"], **sizes, **splits.report})
+    if tracker is not None:
+        numbers = {f"data/{k}": v for k, v in sizes.items()}
+        for section, values in splits.report.items():  # e.g. bootstrap/<count>, skipped files
+            if isinstance(values, dict):
+                numbers |= {f"{section}/{k}": v for k, v in values.items() if _number(v)}
+            elif isinstance(values, list):
+                numbers[f"data/{section}"] = len(values)
+        tracker.log_metrics(numbers)
     return splits
 
 
@@ -176,7 +167,7 @@ def train_stage(
     config: PipelineConfig,
     run: RunDir,
     contract: ModelContract,
-    splits: Splits,
+    splits: DataSplits,
     tracker: Tracker | None = None,
     progress: Any = None,
     resume: bool = False,
@@ -207,19 +198,24 @@ def export_stage(
     config: PipelineConfig,
     run: RunDir,
     contract: ModelContract,
-    splits: Splits,
+    splits: DataSplits,
     model: Any = None,
     tracker: Tracker | None = None,
 ) -> ParityResult:
-    """ONNX (+ OpenVINO IR) of the trained model and its parity on held-out test images."""
-    model = model if model is not None else load_trained_model(run.require(run.checkpoint, "train"))
-    export_onnx(model, run.onnx, contract, config.export.opset)
-    parity = check_parity(model, run.onnx, splits.test, contract, config.export.parity_images)
+    """ONNX (+ OpenVINO IR) of the trained model and its parity on held-out test images, under ONNX
+    Runtime and under the engine the served cpu config runs (the serving runner's OnnxEngine)."""
+    adapter = config.adapter
+    if model is None:
+        model = load_trained_model(run.require(run.checkpoint, "train"), contract)
+    export_onnx(model, run.onnx, contract, adapter, config.export.opset)
+    parity = check_parity(
+        model, run.onnx, splits.test, contract, adapter, repository_of(config), config.export.parity_images
+    )
     if config.export.openvino_ir:
         export_openvino(run.onnx, run.openvino)
     write_json_atomically(run.parity_json, parity.to_dict())
     if tracker is not None:
-        tracker.log_metrics({"parity/onnxruntime": parity.onnxruntime, "parity/openvino": parity.openvino})
+        tracker.log_metrics({"parity/onnxruntime": parity.onnxruntime, "parity/served": parity.served})
         tracker.log_artifact(run.onnx, "model")
     return parity
 
@@ -228,15 +224,16 @@ def evaluate_stage(
     config: PipelineConfig,
     run: RunDir,
     contract: ModelContract,
-    splits: Splits,
+    splits: DataSplits,
     tracker: Tracker | None = None,
-) -> tuple[EvaluationResult, GateResult]:
+) -> tuple[Evaluation, GateResult]:
     """Score the exported ONNX (what ships) on the test split, and gate it against the config and
     the baseline version re-scored on the same images."""
+    adapter = config.adapter
     onnx_path = run.require(run.onnx, "export")
     spec = config.evaluate
-    result = evaluate(
-        predictor(onnx_path),
+    result = adapter.evaluate(
+        engine_predictor(onnx_path),
         splits.test,
         contract,
         "onnxruntime",
@@ -244,17 +241,23 @@ def evaluate_stage(
         spec.worst_k,
         spec.batch_size,
     )
-    parity = ParityResult(**json.loads(run.parity_json.read_text())) if run.parity_json.is_file() else None
+    parity = _read_parity(run)
     base = None
-    found = registry.baseline(repository_of(config), config.gate.baseline, config.publish.model_name)
+    model_name = contract.model_name
+    found = registry.baseline(repository_of(config), config.gate.baseline, model_name)
     if found is not None:
         version, alias = found
-        base_onnx = repository_of(config) / config.publish.model_name / str(version) / "model.onnx"
-        scored = evaluate(
-            predictor(base_onnx), splits.test, contract, "onnxruntime", batch_size=spec.batch_size
+        base_onnx = repository_of(config) / model_name / str(version) / "model.onnx"
+        scored = adapter.evaluate(
+            engine_predictor(base_onnx),
+            splits.test,
+            contract,
+            "onnxruntime",
+            worst_k=0,
+            batch_size=spec.batch_size,
         )
         base = Baseline(version, alias, scored)
-    decision = gate(result, parity, config.gate, base)
+    decision = gate(adapter, result, parity, config.gate, base)
     write_json_atomically(
         run.gate_json,
         {**decision.to_dict(), "baseline": None if base is None else _baseline_dict(base)},
@@ -268,6 +271,16 @@ def evaluate_stage(
     return result, decision
 
 
+def _read_parity(run: RunDir) -> ParityResult | None:
+    """parity.json of this run; None when missing or written by an older pipeline (export again)."""
+    if not run.parity_json.is_file():
+        return None
+    try:
+        return ParityResult(**json.loads(run.parity_json.read_text()))
+    except TypeError:
+        return None
+
+
 def publish_stage(
     config: PipelineConfig, run: RunDir, contract: ModelContract, tracker: Tracker | None = None
 ) -> int:
@@ -276,6 +289,7 @@ def publish_stage(
     if not decision["passed"]:
         raise GateRefused("the quality gate refused this model: " + "; ".join(decision["reasons"]))
     summary = run.read(run.train_json, "train")
+    evaluation = run.read(run.evaluation / "evaluation.json", "evaluate")
     card = registry.model_card(
         contract=contract,
         model=config.to_dict()["model"],
@@ -289,13 +303,14 @@ def publish_stage(
             "seed": config.train.seed,
             "threads": config.train.threads,
         },
-        evaluation=run.read(run.evaluation / "evaluation.json", "evaluate"),
+        evaluation=evaluation,
         parity=run.read(run.parity_json, "export"),
         onnx_path=run.onnx,
         opset=config.export.opset,
         gate=decision,
         config_file=config.source,
         mlflow=json.loads(run.run_json.read_text()) if run.run_json.is_file() else None,
+        **config.adapter.card(evaluation),
     )
     extra = sorted(run.openvino.glob("model.*")) if config.export.openvino_ir else []
     version = registry.publish(run.onnx, card, repository_of(config), config.publish.model_name, extra)
@@ -312,8 +327,9 @@ def promote_stage(
 ) -> registry.AliasChange:
     alias = config.publish.promote
     assert alias is not None
+    assert config.publish.model_name is not None  # the config requires it
     change = registry.promote(
-        repository_of(config), version, alias, config.publish.model_name, config.publish.triton_url
+        repository_of(config), config.publish.model_name, version, alias, config.publish.triton_url
     )
     if tracker is not None:
         tracker.set_tags({f"alias.{alias}": version})
@@ -329,7 +345,7 @@ class PipelineResult:
     run_id: str
     train: TrainSummary
     parity: ParityResult
-    evaluation: EvaluationResult
+    evaluation: Evaluation
     gate: GateResult
     version: int | None  # None: the gate refused the model
     promoted: registry.AliasChange | None

@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from training.config import PipelineConfig
-    from training.evaluate import EvaluationResult, GateResult
+    from training.evaluate import GateResult
     from training.registry import AliasChange
+    from training.tasks import Evaluation
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="training config (YAML)")]
+# Required: a config names the model and its task, and no model is the default.
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="training config (YAML), e.g. training/configs/crack.yaml")
+]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="the model's name (its repository folder)")]
 RunDirOption = Annotated[Path, typer.Option(help="the run directory the stages share")]
 SetOption = Annotated[
     list[str] | None,
@@ -56,7 +59,7 @@ def register(app: typer.Typer) -> None:
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Bad input of any stage -> one line and exit code 2; a refused gate -> exit code 1."""
-    from prodseg.cli import console, fail
+    from training.cli_output import console, fail
     from training.config import ConfigError
     from training.datasets import DatasetError
     from training.engine_build import EngineBuildError
@@ -68,7 +71,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except GateRefused as refused:
-        console.print(f"[red]refused:[/red] {refused}")
+        console().print(f"[red]refused:[/red] {refused}")
         raise typer.Exit(code=1) from None
     except (
         ConfigError,
@@ -99,13 +102,13 @@ def _locations(data_root: Path | None, repository: Path | None) -> dict[str, obj
 def _progress():
     from rich.progress import Progress
 
-    from prodseg.cli import console
+    from training.cli_output import console
 
-    return Progress(console=console, transient=True)
+    return Progress(console=console(), transient=True)
 
 
 def pipeline(
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption,
     run_dir: Annotated[
         Path | None, typer.Option(help="run directory (default: out/runs/<config>-<time>)")
     ] = None,
@@ -128,34 +131,37 @@ def pipeline(
     version scored on the same images) -> publish the next version -> promote it if the config's
     publish.promote names an alias. Exits 1 without publishing when the gate refuses the model.
     """
-    from prodseg.cli import console
+    from training.cli_output import console
     from training.pipeline import repository_of, run_pipeline, seed_repository
 
     with _user_errors():
         loaded = _config(config, sets, _locations(data_root, repository))
         if seed and seed_repository(loaded):
-            console.print(f"seeded {repository_of(loaded)} with this checkout's model configs")
+            console().print(f"seeded {repository_of(loaded)} with this checkout's model configs")
         with _progress() as progress:
             result = run_pipeline(loaded, run_dir, resume=resume, progress=progress)
     summary = result.train
-    console.print(
+    console().print(
         f"trained {summary.steps} steps ({summary.epochs} epochs, {summary.s_per_epoch} s/epoch, "
         f"{summary.images_per_s} img/s, bf16={summary.bf16}); run {result.run_dir}"
     )
     parity = result.parity
-    console.print(f"agreement with PyTorch: ONNX Runtime {parity.onnxruntime}, OpenVINO {parity.openvino}")
+    console().print(
+        f"agreement with PyTorch: ONNX Runtime {parity.onnxruntime}, served {parity.served_engine} "
+        f"({parity.served_precision}) {parity.served}"
+    )
     _print_evaluation(result.evaluation, result.gate)
     if result.version is None:
-        console.print("[red]refused:[/red] the quality gate did not pass; nothing was published")
+        console().print("[red]refused:[/red] the quality gate did not pass; nothing was published")
         raise typer.Exit(code=1)
-    console.print(f"published {loaded.publish.model_name} version {result.version}")
+    console().print(f"published {loaded.publish.model_name} version {result.version}")
     if result.promoted is not None:
-        console.print(f"{result.promoted.alias} -> version {result.promoted.version}")
+        console().print(f"{result.promoted.alias} -> version {result.promoted.version}")
 
 
 def train(
     run_dir: RunDirOption,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption,
     data_root: DataRootOption = None,
     repository: RepositoryOption = None,
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/checkpoints/last.pt")] = False,
@@ -164,10 +170,10 @@ def train(
     """Train the config's model into RUN_DIR (checkpoints/last.pt, train.json); step 1 of 4.
 
     Random crops with the config's augmentations, CE + Dice, AdamW with warm-up + cosine; a
-    resumable checkpoint every train.checkpoint_every steps, validation mIoU per epoch (MLflow).
+    resumable checkpoint every train.checkpoint_every steps, the task's validation metric per epoch (MLflow).
     Then: prodseg export, evaluate, publish with the same --run-dir.
     """
-    from prodseg.cli import console
+    from training.cli_output import console
     from training.pipeline import RunDir, open_tracker, prepare_data, train_stage
 
     with _user_errors():
@@ -176,15 +182,16 @@ def train(
         with open_tracker(loaded, run) as tracker, _progress() as progress:
             splits = prepare_data(loaded, run, contract, tracker, progress)
             summary = train_stage(loaded, run, contract, splits, tracker, progress, resume).summary
-    console.print(
+    console().print(
         f"trained {summary.steps} steps in {summary.train_s} s ({summary.s_per_epoch} s/epoch), "
-        f"loss {summary.final_loss}, val mIoU {summary.val_miou}; checkpoint in {run.checkpoint}"
+        f"loss {summary.final_loss}, val {summary.val_metric} {summary.val_score}; "
+        f"checkpoint in {run.checkpoint}"
     )
 
 
 def export(
     run_dir: RunDirOption,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption,
     data_root: DataRootOption = None,
     repository: RepositoryOption = None,
     sets: SetOption = None,
@@ -193,9 +200,10 @@ def export(
 
     The graph takes uint8 RGB frames and returns uint8 class ids (normalisation and argmax inside),
     is slimmed with onnxslim, and is compared pixel by pixel with PyTorch on held-out test images
-    under ONNX Runtime (gated) and OpenVINO (reported). export.openvino_ir also writes an IR.
+    under ONNX Runtime and under the engine the cpu config serves (OpenVINO through the serving
+    runner's OnnxEngine); the gate holds both to floors. export.openvino_ir also writes an IR.
     """
-    from prodseg.cli import console
+    from training.cli_output import console
     from training.pipeline import RunDir, export_stage, open_tracker, prepare_data
 
     with _user_errors():
@@ -203,22 +211,22 @@ def export(
         contract, run = loaded.contract(), RunDir(run_dir)
         with open_tracker(loaded, run, start=False) as tracker:
             parity = export_stage(loaded, run, contract, prepare_data(loaded, run, contract), tracker=tracker)
-    console.print(
+    console().print(
         f"wrote {run.onnx}; agreement with PyTorch on {parity.images} images: ONNX Runtime "
-        f"{parity.onnxruntime}, OpenVINO ({parity.openvino_precision}) {parity.openvino}"
+        f"{parity.onnxruntime}, served {parity.served_engine} ({parity.served_precision}) {parity.served}"
     )
 
 
 def evaluate(
     run_dir: RunDirOption,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption,
     data_root: DataRootOption = None,
     repository: RepositoryOption = None,
     sets: SetOption = None,
 ) -> None:
     """Evaluate RUN_DIR's ONNX model on the test split and decide the quality gate; step 3 of 4.
 
-    Writes evaluation/ (evaluation.json with mIoU, per-class IoU, pixel accuracy and F1,
+    Writes evaluation/ (evaluation.json with the task's metrics, e.g. mIoU, IoU and Dice per class,
     confusion.png, worst/ overlays of the worst images) and gate.json. The gate checks the config's
     thresholds and compares with the baseline alias's version, re-scored on the same test images.
     Exits 0 either way: `prodseg publish` acts on the decision.
@@ -237,7 +245,7 @@ def evaluate(
 
 def publish(
     run_dir: RunDirOption,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption,
     repository: RepositoryOption = None,
     promote_to: Annotated[
         str | None, typer.Option("--promote", help="then move this alias to it (default: publish.promote)")
@@ -249,7 +257,7 @@ def publish(
     Refused (exit 1) unless RUN_DIR's gate passed. Writes <repository>/<model>/<N>/ with model.onnx,
     model_card.json, MODEL_CARD.md and model.py -> ../model.py through one rename; never overwrites.
     """
-    from prodseg.cli import console
+    from training.cli_output import console
     from training.pipeline import RunDir, open_tracker, promote_stage, publish_stage
 
     with _user_errors():
@@ -257,14 +265,15 @@ def publish(
         contract, run = loaded.contract(), RunDir(run_dir)
         with open_tracker(loaded, run, start=False) as tracker:
             version = publish_stage(loaded, run, contract, tracker)
-            console.print(f"published {contract.model_name} version {version}")
+            console().print(f"published {contract.model_name} version {version}")
             if loaded.publish.promote:
                 change = promote_stage(loaded, version, tracker)
-                console.print(f"{change.alias}: {change.previous} -> {change.version}")
+                console().print(f"{change.alias}: {change.previous} -> {change.version}")
 
 
 def promote(
     version: Annotated[str, typer.Argument(help="a version number, 'latest', or another alias's name")],
+    model: ModelOption,
     alias: AliasOption = "production",
     repository: RepositoryOption = None,
     triton_url: TritonOption = None,
@@ -276,15 +285,16 @@ def promote(
     With --triton-url, asks a running Triton (explicit model control) to reload the model.
     """
     from clients.contract import default_repository
-    from prodseg.cli import console
     from training import registry
+    from training.cli_output import console
 
     with _user_errors():
-        change = registry.promote(repository or default_repository(), version, alias, triton_url=triton_url)
-    _print_change(console, change)
+        change = registry.promote(repository or default_repository(), model, version, alias, triton_url)
+    _print_change(console(), change)
 
 
 def rollback(
+    model: ModelOption,
     alias: AliasOption = "production",
     repository: RepositoryOption = None,
     triton_url: TritonOption = None,
@@ -294,16 +304,17 @@ def rollback(
     Fails (exit 2) when the alias has no earlier version in its history.
     """
     from clients.contract import default_repository
-    from prodseg.cli import console
     from training import registry
+    from training.cli_output import console
 
     with _user_errors():
-        change = registry.rollback(repository or default_repository(), alias, triton_url=triton_url)
-    _print_change(console, change)
+        change = registry.rollback(repository or default_repository(), model, alias, triton_url)
+    _print_change(console(), change)
 
 
 def build_engine(
     version: Annotated[str, typer.Argument(help="a version number, 'latest', or an alias's name")],
+    model: ModelOption,
     repository: RepositoryOption = None,
     opt_batch: Annotated[
         int | None,
@@ -316,27 +327,34 @@ def build_engine(
 
     Parses the version's model.onnx with the TensorRT Python API, FP16, one optimisation profile for
     batch 1..max_batch_size of configs/gpu.pbtxt, and writes <version>/model.sm<CC>.plan for this
-    GPU's compute capability. configs/gpu-trt.pbtxt (platform tensorrt_plan) is regenerated from
-    gpu.pbtxt with the plan in cc_model_filenames; gpu.pbtxt (ONNX Runtime) stays the fallback.
+    GPU's compute capability: the same file the chart's engine-build Jobs write. No config changes:
+    GPU pods switch their served gpu.pbtxt to the plan at start (clients/config_text.py), and serve
+    it through ONNX Runtime where no plan fits their GPU.
     """
     from clients.contract import default_repository
-    from prodseg.cli import console
     from training import engine_build, registry
+    from training.cli_output import console
 
     with _user_errors():
         engine_build.check_gpu()  # first, so a machine without a GPU fails before anything else
         repo = repository or default_repository()
         built = engine_build.build_engine(
-            repo, registry.resolve(repo, version), opt_batch=opt_batch, fp16=fp16, workspace_gib=workspace_gib
+            repo,
+            registry.resolve(repo, version, model),
+            model_name=model,
+            opt_batch=opt_batch,
+            fp16=fp16,
+            workspace_gib=workspace_gib,
         )
-    console.print(
+    console().print(
         f"built {built.plan} (compute capability {built.compute_capability}, TensorRT {built.tensorrt}, "
-        f"fp16={built.fp16}, batch profile {built.profile}) in {built.seconds} s; listed in {built.config}"
+        f"fp16={built.fp16}, batch profile {built.profile}) in {built.seconds} s; GPU pods serve it with "
+        f"{built.config.name} switched to TensorRT (plans: {sorted(built.plans)})"
     )
 
 
 def azureml_job(
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption,
     out: Annotated[
         Path | None, typer.Option(help="job YAML to write (default: infra/azureml/<config>-job.yml)")
     ] = None,
@@ -353,8 +371,8 @@ def azureml_job(
     Compute, base image and datastore URIs come from the config's azure section; packages from
     pyproject.toml. `az ml job create -f <out>` submits the YAML, or pass --submit.
     """
-    from prodseg.cli import console, fail
     from training import azure
+    from training.cli_output import console, fail
     from training.config import PROJECT_ROOT
 
     if submit and not (subscription and resource_group and workspace):
@@ -362,26 +380,23 @@ def azureml_job(
     with _user_errors():
         job = azure.build_job(_config(config, sets), config)
         path = azure.dump_job(job, out or PROJECT_ROOT / "infra" / "azureml" / f"{config.stem}-job.yml")
-    console.print(f"wrote {path}")
+    console().print(f"wrote {path}")
     if submit:
-        console.print(f"submitted: {azure.submit(job, subscription, resource_group, workspace)}")
+        console().print(f"submitted: {azure.submit(job, subscription, resource_group, workspace)}")
 
 
-def _print_evaluation(result: EvaluationResult, decision: GateResult) -> None:
-    from prodseg.cli import console
+def _print_evaluation(result: Evaluation, decision: GateResult) -> None:
+    from training.cli_output import console
 
-    iou = ", ".join(f"{name} {value}" for name, value in result.per_class_iou.items())
-    console.print(
-        f"test mIoU {result.miou} on {result.images} images ({iou}); pixel accuracy "
-        f"{result.pixel_accuracy}, mean F1 {result.mean_f1}"
-    )
+    scores = ", ".join(f"{name} {value}" for name, value in result.metrics().items())
+    console().print(f"test on {result.images} images ({result.engine}): {scores}", highlight=False)
     for line in decision.checks:
-        console.print(f"  gate {line}", highlight=False, markup=False)
+        console().print(f"  gate {line}", highlight=False, markup=False)
 
 
-def _print_change(console: Console, change: AliasChange) -> None:
-    console.print(f"{change.alias}: {change.previous} -> {change.version}")
+def _print_change(out: Console, change: AliasChange) -> None:
+    out.print(f"{change.alias}: {change.previous} -> {change.version}")
     if change.configs:
-        console.print(f"  pinned version {change.version} in {', '.join(change.configs)}")
+        out.print(f"  pinned version {change.version} in {', '.join(change.configs)}")
     if change.reloaded:
-        console.print("  Triton reloaded the model")
+        out.print("  Triton reloaded the model")

@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.contract import MODEL_NAME, ModelContract
-from training.datasets import replace_atomically, write_json_atomically
+from clients.atomic import write_text
+from clients.contract import OUTPUTS, ModelContract
+from clients.repository import versions as published_versions
+from training.datasets import write_json_atomically
 
 ALIASES_FILE = "aliases.json"
 SERVED_ALIAS = "production"  # the alias the served configs' version_policy follows
@@ -41,17 +42,12 @@ class RegistryError(ValueError):
     """A registry operation that cannot be done; the message says which file or version and why."""
 
 
-def versions(repository: Path, model_name: str = MODEL_NAME) -> list[int]:
-    """Published versions (integer folders with a model card), ascending."""
-    model_dir = Path(repository) / model_name
-    if not model_dir.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "model_card.json").is_file()
-    )
+def versions(repository: Path, model_name: str) -> list[int]:
+    """Published versions, ascending: the platform's one rule, :func:`clients.repository.versions`."""
+    return published_versions(Path(repository) / model_name)
 
 
-def read_card(repository: Path, version: int, model_name: str = MODEL_NAME) -> dict[str, Any]:
+def read_card(repository: Path, version: int, model_name: str) -> dict[str, Any]:
     path = Path(repository) / model_name / str(version) / "model_card.json"
     if not path.is_file():
         raise RegistryError(f"{model_name} version {version} is not published in {repository}")
@@ -65,7 +61,7 @@ def publish(
     onnx_path: Path,
     card: dict[str, Any],
     repository: Path,
-    model_name: str | None = None,
+    model_name: str,
     extra_files: Sequence[Path] = (),
 ) -> int:
     """Write the next integer version ``<repository>/<model>/<N>/`` and return N.
@@ -77,7 +73,6 @@ def publish(
     (e.g. an OpenVINO IR) are copied in beside ``model.onnx``.
     """
     repository = Path(repository)
-    model_name = model_name or ModelContract.load(repository).model_name
     model_dir = repository / model_name
     if not (model_dir / "config.pbtxt").is_file():
         raise RegistryError(f"{model_dir} has no config.pbtxt: not a model of a Triton repository")
@@ -122,14 +117,29 @@ def model_card(
     import onnx
     import onnxruntime
     import openvino
+    import torch
+    from tritonclient.grpc import model_config_pb2
+
+    from training.compat import patch_torchvision_ops
+
+    patch_torchvision_ops()  # before smp/timm, which import torchvision (a detection run has not yet)
     import segmentation_models_pytorch as smp
     import timm
-    import torch
 
-    from training.export import MEAN, STD
+    from training.export import MEAN, STD, output_dims
 
+    dims = output_dims(contract)
+    outputs = [
+        {
+            "name": rule.name,
+            "dtype": model_config_pb2.DataType.Name(rule.data_type).removeprefix("TYPE_").lower(),
+            "shape": [-1, *dims[rule.name]],
+        }
+        for rule in OUTPUTS[contract.task]
+    ]
     return {
         "model_name": contract.model_name,
+        "task": contract.task.value,
         "architecture": model["arch"],
         "encoder": model["encoder"],
         "options": model.get("options", {}),
@@ -141,11 +151,7 @@ def model_card(
             "dtype": "uint8",
             "shape": [-1, contract.height, contract.width, 3],
         },
-        "output": {
-            "name": contract.output_name,
-            "dtype": "uint8",
-            "shape": [-1, contract.height, contract.width],
-        },
+        "outputs": outputs,
         "classes": contract.labels.names,
         "normalisation": {"mean": list(MEAN), "std": list(STD), "in_graph": True},
         "data": data,
@@ -177,7 +183,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         card.get("training", {}),
     )
     rows = [
-        ("model", f"{card['model_name']} v{card['version']}"),
+        ("model", f"{card['model_name']} v{card['version']} ({card.get('task')})"),
         ("architecture", f"{card.get('architecture')} / {card.get('encoder')}"),
         ("parameters", f"{card.get('params', 0) / 1e6:.2f} M"),
         ("input", f"uint8 RGB [N, {card.get('input_height')}, {card.get('input_width')}, 3]"),
@@ -187,15 +193,22 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{training.get('steps')} steps x {training.get('batch_size')} on "
             f"{training.get('train_images')} images, {training.get('train_s')} s",
         ),
-        (
-            "held-out mIoU",
-            f"{evaluation.get('miou')} ({evaluation.get('images')} images, {evaluation.get('engine')})",
-        ),
+        ("held-out test", f"{evaluation.get('images')} images, {evaluation.get('engine')}"),
     ]
-    rows += [(f"IoU {name}", str(value)) for name, value in evaluation.get("per_class_iou", {}).items()]
+    # Every number of the task's evaluation: top-level scores, then per-class ones ("iou crack").
+    for key, value in evaluation.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "images":
+            rows.append((key.replace("_", " "), str(value)))
+    for key, value in evaluation.items():
+        if key.startswith("per_class_") and isinstance(value, dict):
+            kind = key.removeprefix("per_class_").replace("_", " ")
+            rows += [(f"{kind} {name}", str(score)) for name, score in value.items()]
+    served = f"{parity.get('served_engine')} {parity.get('served_precision')}"
     rows += [
-        ("pixel accuracy / mean F1", f"{evaluation.get('pixel_accuracy')} / {evaluation.get('mean_f1')}"),
-        ("ORT / OpenVINO agreement", f"{parity.get('onnxruntime')} / {parity.get('openvino')}"),
+        (
+            f"agreement with PyTorch: ORT / served ({served})",
+            f"{parity.get('onnxruntime')} / {parity.get('served')}",
+        ),
         ("created", str(card.get("created"))),
     ]
     lines = [f"# {card['model_name']} version {card['version']}", "", "| | |", "|---|---|"]
@@ -215,7 +228,7 @@ class AliasChange:
     reloaded: bool  # a running Triton was told to reload
 
 
-def read_aliases(repository: Path, model_name: str = MODEL_NAME) -> dict[str, Any]:
+def read_aliases(repository: Path, model_name: str) -> dict[str, Any]:
     path = Path(repository) / model_name / ALIASES_FILE
     if not path.is_file():
         return {}
@@ -225,12 +238,12 @@ def read_aliases(repository: Path, model_name: str = MODEL_NAME) -> dict[str, An
         raise RegistryError(f"{path}: not valid JSON: {error}") from None
 
 
-def alias_version(repository: Path, alias: str, model_name: str = MODEL_NAME) -> int | None:
+def alias_version(repository: Path, alias: str, model_name: str) -> int | None:
     entry = read_aliases(repository, model_name).get(alias)
     return entry["version"] if entry else None
 
 
-def resolve(repository: Path, ref: str | int, model_name: str = MODEL_NAME) -> int:
+def resolve(repository: Path, ref: str | int, model_name: str) -> int:
     """A version number from ``N``, ``latest`` or an alias name."""
     published = versions(repository, model_name)
     if isinstance(ref, int) or str(ref).isdigit():
@@ -249,7 +262,7 @@ def resolve(repository: Path, ref: str | int, model_name: str = MODEL_NAME) -> i
     return version
 
 
-def baseline(repository: Path, alias: str, model_name: str = MODEL_NAME) -> tuple[int, str | None] | None:
+def baseline(repository: Path, alias: str, model_name: str) -> tuple[int, str | None] | None:
     """The version a new model is compared with: ``alias``'s, else the latest published, else None."""
     version = alias_version(repository, alias, model_name)
     if version is not None and version in versions(repository, model_name):
@@ -260,9 +273,9 @@ def baseline(repository: Path, alias: str, model_name: str = MODEL_NAME) -> tupl
 
 def promote(
     repository: Path,
+    model_name: str,
     version: int | str,
     alias: str = SERVED_ALIAS,
-    model_name: str = MODEL_NAME,
     triton_url: str | None = None,
 ) -> AliasChange:
     """Point ``alias`` at ``version`` (a number, ``latest`` or another alias's name)."""
@@ -280,7 +293,7 @@ def promote(
 
 
 def rollback(
-    repository: Path, alias: str = SERVED_ALIAS, model_name: str = MODEL_NAME, triton_url: str | None = None
+    repository: Path, model_name: str, alias: str = SERVED_ALIAS, triton_url: str | None = None
 ) -> AliasChange:
     """Move ``alias`` back to the version it pointed to before its current one."""
     with _locked(repository, model_name) as aliases:
@@ -323,35 +336,33 @@ def _serve(repository: Path, model_name: str, version: int) -> list[str]:
     paths = [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
     rewritten = {path: pin_version(path.read_text(), version, path) for path in paths if path.is_file()}
     for path, text in rewritten.items():
-        replace_atomically(path, lambda tmp, text=text: tmp.write_text(text))
+        write_text(path, text)
     return [str(path.relative_to(model_dir)) for path in rewritten]
 
 
 # -------------------------------------------------------------------------------- version_policy
 
-_POLICY_FIELD = re.compile(r"\bversion_policy\b")
-
 
 def pin_version(text: str, version: int, source: Path | str = "config") -> str:
     """``text`` with its top-level ``version_policy`` replaced by ``specific { versions: [version] }``.
 
-    Only that field's characters change (comments and layout elsewhere stay); a config without the
-    field gets it appended. The result is parsed with Triton's schema and must equal the input in
-    every other field, so a rewrite can never alter the served contract.
+    The edit is :func:`clients.config_text.pin_version` (the one config-text editor, shared with the
+    chart's pod-start script): only that field's characters change, and a config without the field
+    gets it appended. The result is parsed with Triton's schema and must equal the input in every
+    other field, so a rewrite can never alter the served contract.
     """
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    policy = f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}"
-    span = _version_policy_span(text)
-    if span is None:
-        new_text = text.rstrip("\n") + f"\n# Pinned by training.registry (alias {SERVED_ALIAS}).\n{policy}\n"
-    else:
-        new_text = text[: span[0]] + policy + text[span[1] :]
+    from clients import config_text
+
     try:
+        new_text = config_text.pin_version(
+            text, version, comment=f"# Pinned by training.registry (alias {SERVED_ALIAS})."
+        )
         old = text_format.Parse(text, model_config_pb2.ModelConfig())
         new = text_format.Parse(new_text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as error:
+    except (config_text.ConfigTextError, text_format.ParseError) as error:
         raise RegistryError(f"{source}: not a valid Triton model config: {error}") from None
     if list(new.version_policy.specific.versions) != [version]:
         raise RegistryError(f"{source}: version_policy rewrite did not take")
@@ -360,35 +371,6 @@ def pin_version(text: str, version: int, source: Path | str = "config") -> str:
     if old != new:
         raise RegistryError(f"{source}: version_policy rewrite changed other fields; left untouched")
     return new_text
-
-
-def _version_policy_span(text: str) -> tuple[int, int] | None:
-    """Start and end of the top-level ``version_policy { ... }`` (or ``version_policy: { ... }``)
-    field, skipping comments and strings; None if absent."""
-    depth, i, start = 0, 0, None
-    while i < len(text):
-        char = text[i]
-        if char == "#":
-            i = text.find("\n", i)
-            if i < 0:
-                break
-            continue
-        if char in "\"'":
-            end = i + 1
-            while end < len(text) and text[end] != char:
-                end += 2 if text[end] == "\\" else 1
-            i = end + 1
-            continue
-        if char in "{[<":
-            depth += 1
-        elif char in "}]>":
-            depth -= 1
-            if depth == 0 and start is not None:
-                return start, i + 1
-        elif depth == 0 and start is None and _POLICY_FIELD.match(text, i):
-            start = i
-        i += 1
-    return None
 
 
 def _reload(triton_url: str | None, model_name: str, configs: list[str]) -> bool:

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from clients.contract import ModelContract
+from datagen.shelves import SHELF_MODEL, render_scene, scene_seed
 from training.datasets import IMAGE_SUFFIXES, DatasetError, atomic_directory
-from datagen.shelves import render_scene, scene_seed
 
 COLUMNS = ("image_name", "x1", "y1", "x2", "y2", "class", "image_width", "image_height")
 SYNTH_CLASS = "object"  # SKU-110K's one class name
@@ -219,7 +219,7 @@ def write_sku110k_from_synth(
     product class: facings that touch share one box, unlike SKU-110K's one box per facing.
     ``progress`` is an optional ``rich.progress.Progress``.
     """
-    labels = ModelContract.load().labels
+    labels = ModelContract.load(SHELF_MODEL).labels  # the classes the shelf generator draws
     product = labels.index("product")
     task = progress.add_task("render shelves", total=count) if progress is not None else None
     with atomic_directory(out_dir) as staging:

@@ -1,12 +1,12 @@
-"""The trainer: smp model by name, random crops + augmentation, CE + Dice, AdamW, warm-up + cosine.
+"""The trainer: one loop for every task; the task's adapter supplies model, batches and loss.
 
-Images are resized to the contract's input once (as clients resize frames) and kept in memory, so
-object scale in training matches serving and each step only cuts crops. A run is a pure function of
-the config and the data on one machine: fixed seeds, a fixed thread count, and every random draw
-from one ``numpy.random.Generator`` (crops, flips, jitter) or torch's seeded generator (weights,
-dropout). :func:`train` writes a checkpoint every ``checkpoint_every`` steps holding model,
-optimiser, schedule, both RNG states and the step, and resuming from it gives the same weights as
-an uninterrupted run.
+Data is read once into memory at the contract's input size (as clients resize frames), so each step
+only cuts a batch (:meth:`training.tasks.TaskAdapter.sample_batch`). A run is a pure function of the
+config and the data on one machine: fixed seeds, a fixed thread count, and every random draw from
+one ``numpy.random.Generator`` (crops, flips, jitter) or torch's seeded generator (weights, dropout).
+:func:`train` writes a checkpoint every ``checkpoint_every`` steps holding model, optimiser,
+schedule, both RNG states and the step, and resuming from it gives the same weights as an
+uninterrupted run. The optimiser is AdamW with a linear warm-up and cosine decay.
 """
 
 from __future__ import annotations
@@ -14,30 +14,25 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 
+from clients.atomic import atomic_path
 from clients.contract import ModelContract
-from training.compat import patch_torchvision_ops
-from training.config import AugmentSpec, ModelSpec, PipelineConfig
-from training.datasets import DatasetError, Sample, SegmentationDataset, replace_atomically
-from training.evaluate import confusion_matrix
-from training.export import ServingModel, predictor
-
-patch_torchvision_ops()  # before smp, which imports timm and torchvision
-
-import segmentation_models_pytorch as smp  # noqa: E402
+from training.config import ModelSpec, PipelineConfig
+from training.datasets import DatasetError
+from training.export import ServingModel, torch_predictor
 
 if TYPE_CHECKING:
+    from training.tasks import TaskAdapter
     from training.tracking import Tracker
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the task is stored, and models are rebuilt by its adapter
 CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule
 
 
@@ -46,18 +41,6 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- model
-
-
-def create_model(arch: str, encoder: str, num_classes: int, **options: Any) -> torch.nn.Module:
-    """An smp model with random weights (``encoder_weights=None``: no downloads here)."""
-    return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes, **options)
-
-
-def build_model(spec: ModelSpec, num_classes: int) -> torch.nn.Module:
-    model = create_model(spec.arch, spec.encoder, num_classes, **spec.options)
-    if spec.encoder_weights is not None:
-        load_encoder_weights(model, spec.encoder_weights)
-    return model
 
 
 def load_encoder_weights(model: torch.nn.Module, path: Path) -> int:
@@ -92,85 +75,6 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> int:
         raise CheckpointError(f"{path}: none of its {len(state)} tensors belongs to this encoder")
     model.encoder.load_state_dict(matched, strict=False)
     return len(matched)
-
-
-# -------------------------------------------------------------------------------------------- data
-
-
-class InMemoryDataset:
-    """A dataset held as two uint8 arrays at the model's input size (~1 MB per 384x640 image)."""
-
-    def __init__(self, images: np.ndarray, masks: np.ndarray, names: list[str], num_classes: int) -> None:
-        self.images, self.masks, self.names, self.num_classes = images, masks, names, num_classes
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> Sample:
-        return Sample(self.images[index], self.masks[index], self.names[index])
-
-
-def load_in_memory(
-    dataset: SegmentationDataset, contract: ModelContract, progress: Any = None, description: str = "load"
-) -> InMemoryDataset:
-    """Read (or render) every sample once, resized to the contract's input as a client would."""
-    size = (contract.height, contract.width)
-    images = np.empty((len(dataset), *size, 3), np.uint8)
-    masks = np.empty((len(dataset), *size), np.uint8)
-    names = []
-    task = progress.add_task(description, total=len(dataset)) if progress is not None else None
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        images[i] = contract.to_model_input(sample.image)
-        masks[i] = contract.mask_to_frame(sample.mask, size)
-        names.append(sample.name)
-        if task is not None:
-            progress.advance(task)
-    return InMemoryDataset(images, masks, names, dataset.num_classes)
-
-
-def sample_batch(
-    data: InMemoryDataset, augment: AugmentSpec, batch_size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random crops, horizontal flips (shelves look the same mirrored; text is not read), then jitter.
-
-    Jitter draws happen only when enabled, so a config without it consumes the generator exactly as
-    the spine's default model did.
-    """
-    crop_h, crop_w = augment.crop
-    _, height, width = data.masks.shape
-    picks = rng.integers(0, len(data), batch_size)
-    tops = rng.integers(0, height - crop_h + 1, batch_size)
-    lefts = rng.integers(0, width - crop_w + 1, batch_size)
-    flips = rng.random(batch_size) < augment.hflip
-    images = np.empty((batch_size, crop_h, crop_w, 3), np.uint8)
-    masks = np.empty((batch_size, crop_h, crop_w), np.uint8)
-    for b, (i, top, left, flip) in enumerate(zip(picks, tops, lefts, flips, strict=True)):
-        step = -1 if flip else 1
-        images[b] = data.images[i, top : top + crop_h, left : left + crop_w][:, ::step]
-        masks[b] = data.masks[i, top : top + crop_h, left : left + crop_w][:, ::step]
-    _photometric(images, augment, rng)
-    return images, masks
-
-
-def _photometric(images: np.ndarray, augment: AugmentSpec, rng: np.random.Generator) -> None:
-    """Brightness/contrast jitter and JPEG round trips, in place; masks are untouched."""
-    count = len(images)
-    if augment.brightness or augment.contrast:
-        gains = rng.uniform(1 - augment.brightness, 1 + augment.brightness, count)
-        contrasts = rng.uniform(1 - augment.contrast, 1 + augment.contrast, count)
-        for image, gain, contrast in zip(images, gains, contrasts, strict=True):
-            pixels = image.astype(np.float32)
-            mean = pixels.mean()
-            image[...] = np.clip((pixels - mean) * contrast + mean * gain, 0, 255)
-    if augment.jpeg_probability:
-        chosen = rng.random(count) < augment.jpeg_probability
-        qualities = rng.integers(augment.jpeg_quality[0], augment.jpeg_quality[1] + 1, count)
-        for image, use, quality in zip(images, chosen, qualities, strict=True):
-            if use:
-                bgr = np.ascontiguousarray(image[..., ::-1])
-                _, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-                image[...] = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1]
 
 
 # ---------------------------------------------------------------------------------------- schedule
@@ -212,7 +116,8 @@ class TrainSummary:
     s_per_epoch: float
     images_per_s: float
     final_loss: float  # exponential moving average over the last ~50 steps
-    val_miou: float | None
+    val_metric: str  # the task's headline metric, e.g. "miou"
+    val_score: float | None  # its value on the validation split at the last validation
     bf16: bool
     device: str
     stopped_by: str  # "steps" or "time_budget"
@@ -231,8 +136,8 @@ class TrainResult:
 def train(
     config: PipelineConfig,
     contract: ModelContract,
-    train_set: SegmentationDataset,
-    val_set: SegmentationDataset | None = None,
+    train_set: Sequence[Any],
+    val_set: Sequence[Any] | None = None,
     checkpoint: Path | None = None,
     resume: Path | None = None,
     tracker: Tracker | None = None,
@@ -247,16 +152,13 @@ def train(
     config.check_contract(contract)
     if len(train_set) == 0:
         raise DatasetError("the training split is empty")
+    adapter = config.adapter
     started = time.perf_counter()
-    data = load_in_memory(train_set, contract, progress, "load train")
-    val = (
-        load_in_memory(val_set, contract, progress, "load val")
-        if val_set is not None and len(val_set)
-        else None
-    )
+    data = adapter.load_training_data(train_set, contract, progress, "load train")
+    val = val_set if val_set is not None and len(val_set) else None
     load_s = time.perf_counter() - started
     with _fixed_threads(config.train.threads):
-        trainer = _Trainer(config, contract, data, val, tracker, progress)
+        trainer = _Trainer(config, contract, adapter, data, val, tracker, progress)
         if resume is not None:
             trainer.load(resume)
         return trainer.run(checkpoint, load_s)
@@ -282,16 +184,16 @@ def _device(config: PipelineConfig) -> torch.device:
     return torch.device(choice)
 
 
-def _build(config: PipelineConfig, num_classes: int) -> torch.nn.Module:
-    """build_model, with smp's complaints about option values turned into config errors."""
+def _build(config: PipelineConfig, adapter: TaskAdapter, contract: ModelContract) -> torch.nn.Module:
+    """The adapter's model, with the builder's complaints about option values turned into config errors."""
     try:
-        return build_model(config.model, num_classes)
+        return adapter.build_model(config.model, contract)
     except CheckpointError:
         raise
-    except (TypeError, ValueError, KeyError) as error:
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
         spec = config.model
         raise config.error(
-            "model.options", f"smp cannot build {spec.arch} with {spec.options}: {error}"
+            "model.options", f"cannot build {spec.arch} with {spec.options}: {error}"
         ) from None
 
 
@@ -311,13 +213,14 @@ class _Trainer:
         self,
         config: PipelineConfig,
         contract: ModelContract,
-        data: InMemoryDataset,
-        val: InMemoryDataset | None,
+        adapter: TaskAdapter,
+        data: Any,
+        val: Sequence[Any] | None,
         tracker: Tracker | None,
         progress: Any,
     ) -> None:
         spec = config.train
-        self.config, self.contract, self.data, self.val = config, contract, data, val
+        self.config, self.contract, self.adapter, self.data, self.val = config, contract, adapter, data, val
         self.tracker, self.progress = tracker, progress
         self.device = _device(config)
         self.bf16 = spec.bf16 and _bf16_supported(self.device)
@@ -327,7 +230,7 @@ class _Trainer:
 
         torch.manual_seed(spec.seed)
         self.rng = np.random.default_rng(spec.seed)
-        self.net = ServingModel(_build(config, contract.num_classes))
+        self.net = ServingModel(_build(config, adapter, contract))  # no head: raw outputs for the loss
         self.net = self.net.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
@@ -335,15 +238,13 @@ class _Trainer:
         # Without a planned length (time budget only) the cosine waits for the calibration.
         self.schedule_fn = WarmupCosine(config.schedule.warmup_steps, self.planned or 2**31)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule_fn)
-        self.cross_entropy = torch.nn.CrossEntropyLoss()
-        # Dice balances the thin, rare classes (shelf edges, price tags) against the large ones.
-        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True)
+        self.loss = adapter.loss(config, self.device)
 
         self.step = 0
         self.ema_loss = float("nan")
         self.train_s = self.eval_s = 0.0
         self.calibrated = spec.time_budget_s is None
-        self.val_miou: float | None = None
+        self.val_score: float | None = None
         self.resumed_from: int | None = None
 
     # -- checkpoints
@@ -358,12 +259,14 @@ class _Trainer:
             "train": train,
             "train_images": len(self.data),
             "classes": self.contract.labels.names,
+            "task": self.adapter.task.value,
         }
 
     def save(self, path: Path) -> None:
         state = {
             "format": CHECKPOINT_FORMAT,
             "identity": self._identity(),
+            "task": self.adapter.task.value,
             "model_spec": self.config.to_dict()["model"],
             "num_classes": self.contract.num_classes,
             "step": self.step,
@@ -377,10 +280,10 @@ class _Trainer:
             "train_s": self.train_s,
             "eval_s": self.eval_s,
             "calibrated": self.calibrated,
-            "val_miou": self.val_miou,
+            "val_score": self.val_score,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, lambda tmp: torch.save(state, tmp))
+        with atomic_path(path) as partial:
+            torch.save(state, partial)
 
     def load(self, path: Path) -> None:
         state = read_checkpoint(path)
@@ -397,7 +300,7 @@ class _Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = self.resumed_from = state["step"]
         self.ema_loss, self.train_s, self.eval_s = state["ema_loss"], state["train_s"], state["eval_s"]
-        self.calibrated, self.val_miou = state["calibrated"], state["val_miou"]
+        self.calibrated, self.val_score = state["calibrated"], state["val_score"]
 
     # -- the loop
 
@@ -451,7 +354,8 @@ class _Trainer:
             s_per_epoch=round(self.train_s / steps * self.steps_per_epoch, 2),
             images_per_s=round(steps * spec.batch_size / max(self.train_s, 1e-9), 2),
             final_loss=round(self.ema_loss, 4),
-            val_miou=self.val_miou,
+            val_metric=self.adapter.headline,
+            val_score=self.val_score,
             bf16=self.bf16,
             device=str(self.device),
             stopped_by=stopped_by,
@@ -460,16 +364,12 @@ class _Trainer:
         return TrainResult(model, summary)
 
     def _train_step(self) -> float:
-        images, masks = sample_batch(self.data, self.config.augment, self.config.train.batch_size, self.rng)
+        spec = self.config
+        images, targets = self.adapter.sample_batch(self.data, spec.augment, spec.train.batch_size, self.rng)
         batch = torch.from_numpy(images).to(self.device)
-        target = torch.from_numpy(masks).to(self.device).long()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.net.model(self.net.preprocess(batch).contiguous(memory_format=self.memory_format))
-        logits = logits.float()
-        weights = self.config.loss
-        loss = weights.cross_entropy * self.cross_entropy(logits, target) + weights.dice * self.dice(
-            logits, target
-        )
+            outputs = self.net.model(self.net.preprocess(batch).contiguous(memory_format=self.memory_format))
+        loss = self.loss(_float(outputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -496,18 +396,32 @@ class _Trainer:
         }
         if self.val is not None:
             started = time.perf_counter()
-            matrix = confusion_matrix(
-                predictor(self.net), self.val, self.contract, self.config.evaluate.batch_size
+            serving = ServingModel(self.net.model, self.adapter.serving_head(self.contract)).to(self.device)
+            predict = torch_predictor(serving, self.contract.output_names)  # restores train mode after
+            scored = self.adapter.evaluate(
+                predict,
+                self.val,
+                self.contract,
+                "pytorch",
+                worst_k=0,
+                batch_size=self.config.evaluate.batch_size,
             )
-            self.net.train()  # predictor() switched it to eval mode
             self.eval_s += time.perf_counter() - started
-            self.val_miou = round(matrix.miou(), 4)
-            metrics["val/miou"] = self.val_miou
-            for name, iou in zip(self.contract.labels.names, matrix.iou(), strict=True):
-                if not np.isnan(iou):
-                    metrics[f"val/iou/{name}"] = float(iou)
+            metrics |= scored.metrics("val")
+            self.val_score = scored.metrics()[self.adapter.headline]
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.step)
+
+
+def _float(outputs: Any) -> Any:
+    """Network outputs in float32 (autocast may leave bf16), whatever their nesting."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {key: _float(value) for key, value in outputs.items()}
+    if isinstance(outputs, tuple | list):
+        return type(outputs)(_float(value) for value in outputs)
+    return outputs
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -534,10 +448,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_trained_model(path: Path) -> torch.nn.Module:
-    """The fp32 model of a checkpoint, rebuilt from the model spec stored in it."""
+def load_trained_model(path: Path, contract: ModelContract) -> torch.nn.Module:
+    """The fp32 model of a checkpoint, rebuilt by its task's adapter from the spec stored in it."""
+    from training.tasks import adapter_for
+
     state = read_checkpoint(path)
-    spec = state["model_spec"]
-    model = create_model(spec["arch"], spec["encoder"], state["num_classes"], **spec["options"])
+    if state["task"] != contract.task.value or state["num_classes"] != contract.num_classes:
+        raise CheckpointError(
+            f"{path}: a {state['task']} model of {state['num_classes']} classes, but {contract.model_name} "
+            f"is {contract.task.value} with {contract.num_classes}"
+        )
+    spec = {**state["model_spec"], "encoder_weights": None}  # the weights are in the checkpoint
+    model = adapter_for(state["task"]).build_model(ModelSpec(**spec), contract)
     model.load_state_dict(state["model"])
     return model.eval()

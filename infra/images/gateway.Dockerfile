@@ -1,7 +1,14 @@
-# The ProdSegmenter gateway image (gateway/, clients/, the model contract it reads).
+# The ProdSegmenter gateway image (gateway/, clients/, the model contracts it reads).
 #   docker build -f infra/images/gateway.Dockerfile -t <acr>/prodseg-gateway:<tag> .    (context: repo root)
 # Not built on the development machines (no Docker there); infra/deploy.sh builds it in ACR with
 # `az acr build`. The chart runs it read-only as UID 10001 with /tmp and /data mounted writable.
+# Every model's contract (config.pbtxt, configs/, labels.txt, cards, drift references), without the
+# weights: the gateway validates requests and reports models; Triton holds the engines.
+FROM python:3.11.11-slim-bookworm AS contracts
+COPY model_repository /contracts
+RUN find /contracts \( -type l -o -name '*.onnx' -o -name '*.plan' -o -name '*.py' -o -name '__pycache__' \) \
+      -prune -exec rm -rf {} +
+
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,12 +21,11 @@ WORKDIR /app
 # Serving dependencies only (pyproject's [project] dependencies: no torch, no training extras).
 COPY pyproject.toml README.md ./
 COPY clients ./clients
+COPY datagen ./datagen
 COPY gateway ./gateway
 COPY prodseg ./prodseg
 COPY training ./training
-# The gateway reads the model contract (config.pbtxt) and labels.txt; no model weights are needed.
-COPY model_repository/shelf_segmenter/config.pbtxt model_repository/shelf_segmenter/labels.txt \
-     ./model_repository/shelf_segmenter/
+COPY --from=contracts /contracts ./model_repository
 RUN pip install --no-cache-dir . \
  && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin prodseg
 

@@ -69,9 +69,30 @@ def _containers(obj: dict) -> list[dict]:
 BAD_VALUES = {
     "unknown top-level key": ("replicaCount: 3\n", "Additional property replicaCount is not allowed"),
     "unknown nested key": ("triton:\n  gpus: 2\n", "Additional property gpus is not allowed"),
-    "wrong type": ("model:\n  version: latest\n", "Invalid type. Expected: integer, given: string"),
-    "version below 1": ("model:\n  version: 0\n", "Must be greater than or equal to 1"),
-    "source not in enum": ("model:\n  source:\n    type: s3\n", "must be one of the following"),
+    "wrong type": (
+        "models:\n  - {name: shelf_segmenter, version: latest}\n",
+        "Invalid type. Expected: integer, given: string",
+    ),
+    "version below 1": (
+        "models:\n  - {name: shelf_segmenter, version: 0}\n",
+        "Must be greater than or equal to 1",
+    ),
+    "model without a version": ("models:\n  - {name: shelf_segmenter}\n", "version is required"),
+    "model name not a folder name": (
+        "models:\n  - {name: Shelf Model, version: 1}\n",
+        "Does not match pattern",
+    ),
+    "unknown key in a model": (
+        "models:\n  - {name: shelf_segmenter, version: 1, gpu: true}\n",
+        "Additional property gpu is not allowed",
+    ),
+    "no models": ("models: []\n", "Array must have at least 1 items"),
+    "scalar model of old values": (
+        "model:\n  name: shelf_segmenter\n",
+        "Additional property model is not allowed",
+    ),
+    "source not in enum": ("modelStore:\n  source:\n    type: s3\n", "must be one of the following"),
+    "metrics port out of range": ("gateway:\n  metricsPort: 80\n", "Must be greater than or equal to 1024"),
     "bad client id": (
         "azure:\n  workloadIdentity:\n    tritonClientId: my-identity\n",
         "Does not match pattern",
@@ -93,7 +114,28 @@ def test_schema_rejects_bad_values(tools, tmp_path, bad):
 
 GUARDS = {
     "gRPC ingress without TLS": ({"ingress.tlsSecretName": ""}, "needs ingress.tlsSecretName"),
-    "PVC source without a claim": ({"model.source.type": "pvc"}, "model.source.pvc.claimName is required"),
+    "PVC source without a claim": (
+        {"modelStore.source.type": "pvc"},
+        "modelStore.source.pvc.claimName is required",
+    ),
+    "a model listed twice": (
+        {
+            "models[0].name": "a_model",
+            "models[0].version": "1",
+            "models[1].name": "a_model",
+            "models[1].version": "2",
+        },
+        "models: a_model is listed twice",
+    ),
+    "KServe with a per-model config": (
+        {
+            "kserve.enabled": "true",
+            "models[0].name": "a_model",
+            "models[0].version": "1",
+            "models[0].configName": "cpu",
+        },
+        "must be unset or",
+    ),
     "HPA metric no adapter rule serves": (
         {"triton.autoscaling.metricName": "nv_inference_queue_duration_us"},
         "is not a metric monitoring.prometheusAdapter.rules expose",

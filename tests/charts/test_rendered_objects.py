@@ -3,12 +3,17 @@ autoscaling metric names, monitoring ports, and the model-version rollout."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.charts.toolbox import CHART, RULES_FILE, by_kind, one, render
+from tests.charts.toolbox import CHART, ROOT, RULES_FILE, RenderError, by_kind, one, render, render_notes
+
+DEFAULT_MODELS = [m["name"] for m in yaml.safe_load((CHART / "values.yaml").read_text())["models"]]
 
 pytestmark = pytest.mark.k8s
 
@@ -37,10 +42,11 @@ def matches(selector: dict, labels: dict) -> bool:
 
 def test_gpu_limits_and_tolerations_only_where_a_gpu_is_used(objects):
     triton = one(objects, "Deployment", "-triton")
-    (job,) = by_kind(objects, "Job")
+    jobs = by_kind(objects, "Job")
+    assert len(jobs) == len(DEFAULT_MODELS)  # one engine build per model (one GPU pool)
     for workload in workloads(objects):
         spec = pod_spec(workload)
-        uses_gpu = workload in (triton, job)
+        uses_gpu = workload is triton or workload in jobs
         gpu_containers = [
             c["name"] for c in containers(workload) if "nvidia.com/gpu" in c["resources"]["limits"]
         ]
@@ -51,8 +57,11 @@ def test_gpu_limits_and_tolerations_only_where_a_gpu_is_used(objects):
     # Triton itself holds the GPU; the model-preparation step reuses the same device for nvidia-smi.
     limits = {c["name"]: c["resources"]["limits"].get("nvidia.com/gpu") for c in containers(triton)}
     assert limits == {"sync-model": None, "prepare-model": 1, "triton": 1}
+    # Each model's config is chosen by prepare-model (configs/gpu.pbtxt on this pool), not by one
+    # server-wide --model-config-name.
     triton_args = next(c for c in containers(triton) if c["name"] == "triton")["args"]
-    assert "--model-config-name=gpu" in triton_args
+    assert not [a for a in triton_args if a.startswith("--model-config-name")]
+    assert {m["configName"] for m in prepared_models(triton)} == {"gpu"}
 
 
 def test_without_gpu_nothing_asks_for_one(tools):
@@ -64,9 +73,9 @@ def test_without_gpu_nothing_asks_for_one(tools):
     assert "tolerations" not in pod_spec(triton)
     assert pod_spec(triton)["nodeSelector"] == {"prodseg.io/pool": "cpu"}
     args = next(c for c in containers(triton) if c["name"] == "triton")["args"]
-    # The portable config.pbtxt (ONNX Runtime on CPU): no --model-config-name at all.
-    assert not [a for a in args if a.startswith("--model-config-name")]
     assert "--allow-gpu-metrics=false" in args
+    # The portable config.pbtxt (ONNX Runtime on CPU) for every model; no plans without a GPU.
+    assert {(m["configName"], m["tensorrt"]) for m in prepared_models(triton)} == {("", False)}
 
 
 # --- Triton: serving contract, probes, drain ---
@@ -76,10 +85,72 @@ def triton_container(objects: list[dict]) -> dict:
     return next(c for c in containers(one(objects, "Deployment", "-triton")) if c["name"] == "triton")
 
 
+def prepared_models(triton: dict) -> list[dict]:
+    """The models list the prepare-model init container receives (JSON in its --models argument)."""
+    prepare = next(c for c in containers(triton) if c["name"] == "prepare-model")
+    (argument,) = [a for a in prepare["command"] if a.startswith("--models=")]
+    return json.loads(argument.removeprefix("--models="))
+
+
+def synced_models(workload: dict) -> str:
+    sync = next(c for c in containers(workload) if c["name"] == "sync-model")
+    return next(e["value"] for e in sync["env"] if e["name"] == "MODELS")
+
+
+def models_file(tmp_path: Path, models: list[dict]) -> Path:
+    path = tmp_path / f"models-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def test_triton_loads_every_listed_model_and_prepares_each(objects):
+    args = triton_container(objects)["args"]
+    assert [a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")] == DEFAULT_MODELS
+    triton = one(objects, "Deployment", "-triton")
+    assert prepared_models(triton) == [
+        {"name": name, "version": 1, "configName": "gpu", "tensorrt": True, "engineVersion": 1}
+        for name in DEFAULT_MODELS
+    ]
+    assert synced_models(triton) == " ".join(f"{name}=1" for name in DEFAULT_MODELS)
+    labels = triton["spec"]["template"]["metadata"]["labels"]
+    assert {k: v for k, v in labels.items() if k.startswith("model.prodseg.io/")} == {
+        f"model.prodseg.io/{name}": "1" for name in DEFAULT_MODELS
+    }
+
+
+def test_per_model_config_names_and_tensorrt_switches(tools, tmp_path):
+    models = [
+        {"name": "shelf_segmenter", "version": 3},
+        {"name": "crack_segmenter", "version": 2, "configName": "gpu-int8", "tensorrt": False},
+        {"name": "mask_detector", "version": 1, "configName": ""},
+    ]
+    objects = render([models_file(tmp_path, models)])
+    assert prepared_models(one(objects, "Deployment", "-triton")) == [
+        {"name": "shelf_segmenter", "version": 3, "configName": "gpu", "tensorrt": True, "engineVersion": 3},
+        {
+            "name": "crack_segmenter",
+            "version": 2,
+            "configName": "gpu-int8",
+            "tensorrt": False,
+            "engineVersion": 2,
+        },
+        {"name": "mask_detector", "version": 1, "configName": "", "tensorrt": True, "engineVersion": 1},
+    ]
+    jobs = by_kind(objects, "Job")
+    assert sorted(j["metadata"]["labels"]["prodseg.io/model"] for j in jobs) == [
+        "mask_detector",
+        "shelf_segmenter",
+    ]
+    shelf = next(j for j in jobs if j["metadata"]["labels"]["prodseg.io/model"] == "shelf_segmenter")
+    assert synced_models(shelf) == "shelf_segmenter=3"  # a Job syncs only the model it builds
+    build = next(c for c in containers(shelf) if c["name"] == "build-engine")
+    env = {e["name"]: e["value"] for e in build["env"]}
+    assert (env["MODEL_NAME"], env["MODEL_VERSION"], env["CONFIG_NAME"]) == ("shelf_segmenter", "3", "gpu")
+
+
 def test_triton_runs_explicit_model_control_with_a_locked_repository_api(objects):
     args = triton_container(objects)["args"]
     assert "--model-control-mode=explicit" in args
-    assert "--load-model=shelf_segmenter" in args
     assert "--model-repository=/models" in args
     assert "--strict-readiness=true" in args
     for protocol in ("http", "grpc"):
@@ -102,7 +173,10 @@ def test_probes_use_the_right_paths_and_ports(objects):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "too short for engine builds"
 
     gateway = next(c for c in containers(one(objects, "Deployment", "-gateway")) if c["name"] == "gateway")
-    assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert gateway["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert gateway["command"] == ["python", "-m", "gateway", "--host", "0.0.0.0", "--port", "8080"]
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -219,10 +293,21 @@ def test_only_the_gateway_and_monitoring_reach_triton(objects):
 
 def test_gateway_is_reached_from_the_ingress_controller_and_monitoring(objects):
     policy = one(objects, "NetworkPolicy", "-gateway")
+    rules = {
+        tuple(p["port"] for p in rule["ports"]): {
+            p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]
+        }
+        for rule in policy["spec"]["ingress"]
+    }
+    # The API from the ingress controller; /metrics (its own port) from Prometheus only.
+    assert rules == {("http",): {"app-routing-system"}, ("metrics",): {"monitoring"}}
+
+
+def test_without_ingress_or_peers_nobody_but_monitoring_reaches_the_gateway(tools):
+    """An ingress rule with an empty `from` would admit every pod: it must not be rendered."""
+    policy = one(render(sets={"ingress.enabled": "false"}), "NetworkPolicy", "-gateway")
     (rule,) = policy["spec"]["ingress"]
-    namespaces = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]}
-    assert namespaces == {"app-routing-system", "monitoring"}
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}] and rule["from"]
 
 
 # --- Services, Ingress, monitoring ---
@@ -259,6 +344,24 @@ def test_service_ports_match_the_service_monitors(objects):
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     triton_monitor = one(objects, "ServiceMonitor", "-triton")
     assert triton_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    gateway_monitor = one(objects, "ServiceMonitor", "-gateway")
+    assert gateway_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_gateway_metrics_are_on_their_own_port_never_the_public_one(objects):
+    gateway = next(c for c in containers(one(objects, "Deployment", "-gateway")) if c["name"] == "gateway")
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports == {"http": 8080, "metrics": int(env["PRODSEG_METRICS_PORT"])}
+    public = one(objects, "Service", "-gateway")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    metrics = one(objects, "Service", "-gateway-metrics")
+    assert [(p["targetPort"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", ports["metrics"])]
+    for ingress in by_kind(objects, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["port"] != {"name": "metrics"}
+                assert path["backend"]["service"]["name"] != metrics["metadata"]["name"]
 
 
 def test_ingress_routes_and_upload_limit(objects):
@@ -356,42 +459,51 @@ def test_pod_disruption_budgets_cover_both_components(objects):
 # --- Rollout of a model version ---
 
 
-def test_a_new_model_version_rolls_every_triton_pod(tools):
-    old = one(render(sets={"model.version": "1"}), "Deployment", "-triton")
-    new = one(render(sets={"model.version": "2"}), "Deployment", "-triton")
+def test_a_new_model_version_rolls_every_triton_pod(tools, tmp_path):
+    two = [{"name": "shelf_segmenter", "version": 1}, {"name": "crack_segmenter", "version": 1}]
+    old_objects = render([models_file(tmp_path, two)])
+    new_objects = render([models_file(tmp_path, [two[0], dict(two[1], version=2)])])
+    old, new = one(old_objects, "Deployment", "-triton"), one(new_objects, "Deployment", "-triton")
     # Selectors are immutable: they must not change, or `helm upgrade` fails.
     assert old["spec"]["selector"] == new["spec"]["selector"]
     assert old["spec"]["template"] != new["spec"]["template"]
     metadata = new["spec"]["template"]["metadata"]
-    assert metadata["annotations"]["prodseg.io/model"] == "shelf_segmenter:2"
-    assert metadata["labels"]["prodseg.io/model-version"] == "2"
-    sync = next(c for c in containers(new) if c["name"] == "sync-model")
-    assert {"name": "MODEL_VERSION", "value": "2"} in sync["env"]
-    prepare = next(c for c in containers(new) if c["name"] == "prepare-model")
-    assert "--version=2" in prepare["command"]
+    assert metadata["annotations"]["prodseg.io/models"] == "shelf_segmenter=1 crack_segmenter=2"
+    assert metadata["labels"]["model.prodseg.io/crack_segmenter"] == "2"
+    assert metadata["labels"]["model.prodseg.io/shelf_segmenter"] == "1"
+    assert synced_models(new) == "shelf_segmenter=1 crack_segmenter=2"
+    assert [m["version"] for m in prepared_models(new)] == [1, 2]
     strategy = new["spec"]["strategy"]
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     # The gateway does not roll for a model change.
-    assert one(render(sets={"model.version": "1"}), "Deployment", "-gateway") == one(
-        render(sets={"model.version": "2"}), "Deployment", "-gateway"
-    )
+    assert one(old_objects, "Deployment", "-gateway") == one(new_objects, "Deployment", "-gateway")
 
 
-def test_engine_build_jobs_per_pool_and_version(tools):
-    objects = render(
-        sets={
-            "model.version": "3",
-            "tensorrt.modelVersion": "4",
-            "tensorrt.pools[0].name": "a100",
-            "tensorrt.pools[0].nodeSelector.prodseg\\.io/pool": "gpu-a100",
-            "tensorrt.pools[1].name": "t4",
-            "tensorrt.pools[1].nodeSelector.prodseg\\.io/pool": "gpu",
-        }
-    )
+def test_engine_build_jobs_per_model_pool_and_version(tools, tmp_path):
+    models = [
+        {"name": "shelf_segmenter", "version": 3, "engineVersion": 4},
+        {"name": "engagement_classifier", "version": 1},
+    ]
+    pools = {
+        "tensorrt.pools[0].name": "a100",
+        "tensorrt.pools[0].nodeSelector.prodseg\\.io/pool": "gpu-a100",
+        "tensorrt.pools[1].name": "t4",
+        "tensorrt.pools[1].nodeSelector.prodseg\\.io/pool": "gpu",
+    }
+    objects = render([models_file(tmp_path, models)], sets=pools)
     jobs = by_kind(objects, "Job")
-    assert {j["metadata"]["labels"]["prodseg.io/pool"] for j in jobs} == {"a100", "t4"}
+    built = {
+        (j["metadata"]["labels"]["prodseg.io/model"], j["metadata"]["labels"]["prodseg.io/pool"])
+        for j in jobs
+    }
+    assert built == {(m, p) for m in ("shelf_segmenter", "engagement_classifier") for p in ("a100", "t4")}
+    # engineVersion 4 is prebuilt before the rollout of version 4; the pods still serve 3.
+    assert prepared_models(one(objects, "Deployment", "-triton"))[0]["version"] == 3
     for job in jobs:
-        assert job["metadata"]["labels"]["prodseg.io/model-version"] == "4"  # prebuilt before the rollout
+        model = job["metadata"]["labels"]["prodseg.io/model"]
+        version = "4" if model == "shelf_segmenter" else "1"
+        assert job["metadata"]["labels"]["prodseg.io/model-version"] == version
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", job["metadata"]["name"])  # no "_" in names
         assert len(job["metadata"]["name"]) <= 63
         spec = pod_spec(job)
         assert spec["restartPolicy"] == "Never"
@@ -400,7 +512,7 @@ def test_engine_build_jobs_per_pool_and_version(tools):
     a100 = next(j for j in jobs if j["metadata"]["labels"]["prodseg.io/pool"] == "a100")
     assert pod_spec(a100)["nodeSelector"] == {"prodseg.io/pool": "gpu-a100"}
     # Any change to a Job's spec changes its name (Jobs are immutable).
-    again = by_kind(render(sets={"model.version": "3", "tensorrt.modelVersion": "4"}), "Job")
+    again = by_kind(render([models_file(tmp_path, models)]), "Job")
     assert {j["metadata"]["name"] for j in again}.isdisjoint({j["metadata"]["name"] for j in jobs})
 
 
@@ -408,6 +520,9 @@ def test_scripts_configmap_carries_the_chart_files_and_rolls_pods_when_they_chan
     scripts = one(objects, "ConfigMap", "-scripts")
     for name in ("model-store.sh", "prepare_model.py", "build-engine.sh"):
         assert scripts["data"][name] == (CHART / "files" / name).read_text().rstrip("\n")
+    # prepare_model.py imports the one config editor and atomic writer from beside it.
+    for name in ("config_text.py", "atomic.py"):
+        assert scripts["data"][name] == (ROOT / "clients" / name).read_text().rstrip("\n")
     annotations = one(objects, "Deployment", "-triton")["spec"]["template"]["metadata"]["annotations"]
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/scripts"])
 
@@ -420,3 +535,100 @@ def test_prometheus_rule_and_dashboard_embed_the_chart_files(objects):
     assert dashboard["data"]["prodsegmenter.json"] == (
         CHART / "files" / "grafana-dashboard.json"
     ).read_text().rstrip("\n")
+
+
+# --- API keys ---
+
+
+def gateway_pod(objects: list[dict]) -> tuple[dict, dict]:
+    deployment = one(objects, "Deployment", "-gateway")
+    return pod_spec(deployment), next(c for c in containers(deployment) if c["name"] == "gateway")
+
+
+def key_store_volume(spec: dict, gateway: dict) -> dict:
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "api-keys")
+    # Mounted as a directory (no subPath), read-only: Secret updates reach the running pod.
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert env["PRODSEG_API_KEYS_FILE"] == f"{mount['mountPath']}/api-keys.json"
+    return next(v for v in spec["volumes"] if v["name"] == "api-keys")["secret"]
+
+
+def test_auth_is_on_by_default_with_the_key_store_from_a_secret(objects):
+    spec, gateway = gateway_pod(objects)
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["PRODSEG_AUTH_ENABLED"] == "true"
+    secret = key_store_volume(spec, gateway)
+    assert secret["secretName"] == "prodsegmenter-api-keys"
+    assert secret["items"] == [{"key": "api-keys.json", "path": "api-keys.json"}]
+    assert secret["defaultMode"] == 0o440
+    # No keys in values: the chart creates no Secret (infra/deploy.sh --api-keys does), and says so.
+    assert not [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-api-keys")]
+
+
+def values_file(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_key_store_from_values_becomes_the_secret(tools, tmp_path):
+    store = json.dumps({"keys": [{"name": "ci", "salt": "c2FsdA==", "hash": "aGFzaA==", "models": []}]})
+    objects = render([values_file(tmp_path, {"gateway": {"auth": {"keyStore": store}}})])
+    secret = one(objects, "Secret", "-api-keys")
+    assert base64.b64decode(secret["data"]["api-keys.json"]).decode() == store
+    spec, gateway = gateway_pod(objects)
+    assert key_store_volume(spec, gateway)["secretName"] == secret["metadata"]["name"]
+
+
+def test_an_existing_secret_is_mounted_under_its_own_key(tools):
+    objects = render(
+        sets={"gateway.auth.existingSecret": "team-keys", "gateway.auth.secretKey": "store.json"}
+    )
+    spec, gateway = gateway_pod(objects)
+    secret = key_store_volume(spec, gateway)
+    assert secret["secretName"] == "team-keys"
+    assert secret["items"] == [{"key": "store.json", "path": "api-keys.json"}]
+    assert not [s for s in by_kind(objects, "Secret") if "api-keys" in s["metadata"]["name"]]
+
+
+def test_auth_off_mounts_no_keys(tools):
+    spec, gateway = gateway_pod(render(sets={"gateway.auth.enabled": "false"}))
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["PRODSEG_AUTH_ENABLED"] == "false" and "PRODSEG_API_KEYS_FILE" not in env
+    assert "api-keys" not in {v["name"] for v in spec["volumes"]}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"auth": {"keyStore": "{}", "existingSecret": "x"}}, "set existingSecret or keyStore"),
+        ({"auth": {"keyStore": "not json"}}, "gateway.auth.keyStore is not JSON"),
+        ({"metricsPort": 8080}, "gateway.metricsPort must differ from the public port"),
+    ],
+    ids=["both-key-sources", "key-store-not-json", "metrics-on-public-port"],
+)
+def test_auth_and_metrics_guards(tools, tmp_path, values, message):
+    with pytest.raises(RenderError, match=message):
+        render([values_file(tmp_path, {"gateway": values})])
+
+
+# --- NOTES.txt ---
+
+
+def test_notes_list_the_models_and_say_how_to_roll_one_out(tools):
+    notes = render_notes()
+    for name in DEFAULT_MODELS:
+        assert f"  {name} version 1 (config gpu, TensorRT plans when built)" in notes
+    assert "helm get values prodsegmenter -n prodseg --all -o json | python3 infra/model_values.py" in notes
+    assert "--set model" not in notes  # a list entry set on the command line replaces the whole list
+    # Auth on without keys in values: how to create the Secret the gateway waits for.
+    assert (
+        "kubectl -n prodseg create secret generic prodsegmenter-api-keys --from-file=api-keys.json=" in notes
+    )
+
+
+def test_notes_warn_when_auth_is_off(tools):
+    notes = render_notes(sets={"gateway.auth.enabled": "false"})
+    assert "WARNING: gateway.auth.enabled is false" in notes
+    assert "create secret" not in notes

@@ -80,6 +80,31 @@ def render(values_files=(), sets: dict[str, str] | None = None, release: str = R
     return [doc for doc in yaml.safe_load_all(render_text(values_files, sets, release)) if doc]
 
 
+def render_notes(values_files=(), sets: dict[str, str] | None = None, workdir: Path | None = None) -> str:
+    """NOTES.txt as `helm install` would print it. `helm template` skips NOTES.txt and `install
+    --dry-run` needs a cluster, so a copy of the chart renders it through `tpl` as a plain value."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        chart = Path(folder) / CHART.name
+        shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(chart / "templates" / "NOTES.txt", chart / "files" / "notes.txt")
+        (chart / "templates" / "zz-notes.yaml").write_text(
+            'notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}\n'
+        )
+        command = [str(TOOLS / "bin" / "helm"), "template", RELEASE, str(chart), "--namespace", NAMESPACE]
+        command += ["--show-only", "templates/zz-notes.yaml"]
+        for file in values_files:
+            command += ["--values", str(file)]
+        for key, value in (sets or {}).items():
+            command += ["--set", f"{key}={value}"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RenderError(result.stderr)
+    return yaml.safe_load(result.stdout)["notes"]
+
+
 def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 

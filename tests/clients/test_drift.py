@@ -30,8 +30,8 @@ from datagen.shelves import render_scene, scene_seed
 
 CLASSES = ("background", "product", "shelf_edge", "price_tag")
 WINDOW = 40
-REFERENCE_SIZE = 240
-HELD_OUT_WINDOWS = 6
+REFERENCE_SIZE = 160
+HELD_OUT_WINDOWS = 5
 
 
 def shelf_scenes(seed: int, count: int) -> list:
@@ -205,3 +205,49 @@ def test_class_mix_and_psi_tests():
     values = np.random.default_rng(0).normal(size=1000)
     assert psi(values, values) == pytest.approx(0.0)
     assert psi(values, values + 1.0) > 0.25
+
+
+def noise_images(seed: int, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [
+        cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 1.0) for _ in range(count)
+    ]
+
+
+def window_of(reference: DriftReference, seed: int, summaries: list[dict]) -> dict:
+    images = noise_images(seed, len(summaries))
+    return reference.compare([reference.sample(i, s) for i, s in zip(images, summaries, strict=True)])
+
+
+def test_detection_reference_notices_a_changed_class_mix():
+    rng = np.random.default_rng(0)
+
+    def detections(mix: list[float], n: int) -> list[dict]:
+        counts = rng.poisson(3, n)
+        return [{"count": int(c), "class_ids": rng.choice(3, int(c), p=mix).tolist()} for c in counts]
+
+    classes = ["no_mask", "mask", "mask_wrong"]
+    usual = [0.3, 0.6, 0.1]
+    reference = DriftReference.build(
+        "mask_detector", "detection", classes, noise_images(1, 200), detections(usual, 200)
+    )
+    assert window_of(reference, 2, detections(usual, 60))["status"] == OK
+    fewer_masks = window_of(reference, 3, detections([0.6, 0.3, 0.1], 60))
+    assert fewer_masks["status"] == DRIFT and fewer_masks["drifted_features"] == ["detected_classes"]
+    assert fewer_masks["features"]["detected_classes"]["window_share"]["no_mask"] > 0.5
+
+
+def test_classification_reference_notices_falling_confidence():
+    rng = np.random.default_rng(0)
+
+    def predictions(low: float, n: int) -> list[dict]:
+        ids = rng.choice(2, n, p=[0.8, 0.2])
+        return [{"class_id": int(i), "confidence": float(rng.uniform(low, 1.0))} for i in ids]
+
+    classes = ["ok", "damaged"]
+    reference = DriftReference.build(
+        "returns", "classification", classes, noise_images(1, 200), predictions(0.7, 200)
+    )
+    assert window_of(reference, 2, predictions(0.7, 60))["status"] == OK
+    unsure = window_of(reference, 4, predictions(0.4, 60))
+    assert unsure["status"] == DRIFT and unsure["drifted_features"] == ["top_confidence"]

@@ -49,6 +49,14 @@ def test_keys_are_stored_only_as_salted_hashes(store):
     assert info.rate == Rate(60, 60.0) and info.models is None
 
 
+def test_concurrent_creates_keep_every_key(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(store.create, [f"cam-{i}" for i in range(8)]))
+    assert sorted(k.name for k in store.list()) == [f"cam-{i}" for i in range(8)]
+
+
 def test_bearer_and_x_api_key_headers_both_work(store):
     key, _ = store.create("cam")
     auth = Authenticator(store.path)

@@ -23,6 +23,8 @@ def test_schemathesis_finds_no_failure(gateway, tmp_path):
     env = dict(os.environ, SCHEMATHESIS_HOOKS="tests.gateway.schemathesis_hooks", PYTHONPATH=os.getcwd())
     command = [
         str(SCHEMATHESIS),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         f"{gateway.url}/openapi.json",
         "--url",

@@ -81,8 +81,9 @@ def test_chart_defaults_match_the_cluster_bicep_builds(tools):
 
 def test_deploy_dry_run_prints_infrastructure_then_helm():
     result = subprocess.run(
-        ["bash", str(INFRA / "deploy.sh"), "dev", "--dry-run", "--image-tag", "t1", "--model-version", "3"],
-        capture_output=True, text=True, check=True, timeout=60,
+        ["bash", str(INFRA / "deploy.sh"), "dev", "--dry-run", "--image-tag", "t1",
+         "--models-file", "charts/prodsegmenter/ci/cpu-only-values.yaml", "--api-keys", "infra/checkov.yaml"],
+        capture_output=True, text=True, check=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     lines = result.stdout.splitlines()
     index = {
@@ -91,6 +92,7 @@ def test_deploy_dry_run_prints_infrastructure_then_helm():
             "az deployment group create",
             "az acr build",
             "helm upgrade --install kube-prometheus-stack",
+            f"kubectl -n {NAMESPACE} create secret generic {RELEASE}-api-keys",
             f"helm upgrade --install {RELEASE} charts/prodsegmenter",
             "helm upgrade --install prometheus-adapter",
         )
@@ -103,7 +105,8 @@ def test_deploy_dry_run_prints_infrastructure_then_helm():
         if False
         else "azure.workloadIdentity.tritonClientId=<output:tritonIdentityClientId>",
         "gateway.image.tag=t1",
-        "model.version=3",
+        "modelStore.source.blob.accountUrl=<output:modelStoreBlobEndpoint>",
+        "--values charts/prodsegmenter/ci/cpu-only-values.yaml",
         f"--namespace {NAMESPACE}",
         "--atomic",
     ):
@@ -112,9 +115,20 @@ def test_deploy_dry_run_prints_infrastructure_then_helm():
         "--parameters @infra/aks/environments/dev.parameters.json"
         in lines[index["az deployment group create"]]
     )
+    # The key store goes into the Secret the chart mounts, from the file (never into Helm values).
+    secret = lines[index[f"kubectl -n {NAMESPACE} create secret generic {RELEASE}-api-keys"]]
+    assert "--from-file=api-keys.json=infra/checkov.yaml" in secret and "kubectl apply -f -" in secret
     adapter = lines[index["helm upgrade --install prometheus-adapter"]]
     chart_values = yaml.safe_load((ROOT / "charts" / "prodsegmenter" / "values.yaml").read_text())
     assert f"rules.existing={chart_values['monitoring']['prometheusAdapter']['configMapName']}" in adapter
+
+
+def test_deploy_without_api_keys_checks_the_secret_exists():
+    result = subprocess.run(
+        ["bash", str(INFRA / "deploy.sh"), "dev", "--dry-run"], capture_output=True, text=True, check=True
+    )
+    assert f"kubectl -n {NAMESPACE} get secret {RELEASE}-api-keys" in result.stdout
+    assert "create secret" not in result.stdout
 
 
 def test_deploy_refuses_an_unknown_environment():
@@ -127,7 +141,7 @@ def test_deploy_refuses_an_unknown_environment():
 
 def test_rollout_prints_publish_upgrade_and_rollback():
     result = subprocess.run(
-        ["make", "-s", "rollout", "VERSION=5", "ENV=prod"],
+        ["make", "-s", "rollout", "MODEL=crack_segmenter", "VERSION=5", "ENV=prod"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -136,17 +150,26 @@ def test_rollout_prints_publish_upgrade_and_rollback():
     text = result.stdout
     steps = [
         "az storage blob upload-batch",
-        "--set tensorrt.modelVersion=5",
-        "--set model.version=5",
+        "--source model_repository/crack_segmenter",
+        "python3 infra/model_values.py --model crack_segmenter --engine-version 5",
+        "prodseg.io/model=crack_segmenter,prodseg.io/model-version=5",
+        "python3 infra/model_values.py --model crack_segmenter --version 5",
+        "--reuse-values -f crack_segmenter-v5.json",
         f"rollout status deployment/{RELEASE}-triton",
+        "-L model.prodseg.io/crack_segmenter",
+        "/v2/models/crack_segmenter/versions/5/ready",
         f"helm rollback {RELEASE}",
         f"kubectl -n {NAMESPACE} rollout undo deployment/{RELEASE}-triton",
     ]
     positions = [text.index(step) for step in steps]
     assert positions == sorted(positions)
     assert "rg-prodseg-prod" in text
-    bad = subprocess.run(["make", "-s", "rollout"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "usage: make rollout VERSION=N" in bad.stderr
+    assert "--set models" not in text  # Helm would replace the whole list
+    for args in (["VERSION=5"], ["MODEL=crack_segmenter"]):
+        bad = subprocess.run(["make", "-s", "rollout", *args], cwd=ROOT, capture_output=True, text=True)
+        assert bad.returncode != 0 and "usage: make rollout MODEL=NAME VERSION=N" in bad.stderr
+    bad = subprocess.run(["bash", str(INFRA / "rollout.sh"), "5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--model NAME is required" in bad.stderr
 
 
 def test_release_and_names_agree_between_scripts_and_chart():
@@ -155,8 +178,8 @@ def test_release_and_names_agree_between_scripts_and_chart():
     assert f'NAMESPACE="${{PRODSEG_NAMESPACE:-{NAMESPACE}}}"' in defaults
     values = yaml.safe_load((ROOT / "charts" / "prodsegmenter" / "values.yaml").read_text())
     assert f'ADAPTER_CONFIGMAP="{values["monitoring"]["prometheusAdapter"]["configMapName"]}"' in defaults
-    assert f'MODEL_PREFIX="{values["model"]["source"]["blob"]["prefix"]}"' in defaults
-    assert f'MODEL_NAME="{values["model"]["name"]}"' in defaults
+    assert f'MODEL_PREFIX="{values["modelStore"]["source"]["blob"]["prefix"]}"' in defaults
+    assert 'API_KEYS_SECRET="$RELEASE-api-keys"' in defaults  # the chart's <fullname>-api-keys
 
 
 @pytest.mark.k8s

@@ -106,7 +106,7 @@ def test_throughput_and_batch_size_are_recorded(prometheus, traffic):
     wait_for_series(prometheus, "prodseg:triton_compute_time_per_request_us:rate1m", accept=lambda v: v > 0)
     # Other tests may have run video jobs through the shared gateway earlier: look at this traffic's source.
     (frames,) = wait_for_series(
-        prometheus, 'prodseg:gateway_frames_per_second:rate1m{source="frame"}', accept=lambda v: v > 0
+        prometheus, 'prodseg:gateway_frames_per_second:rate1m{source="image"}', accept=lambda v: v > 0
     )
     assert frames["metric"]["namespace"] == "test"
     (errors,) = wait_for_series(prometheus, "prodseg:gateway_request_error_ratio:rate5m")

@@ -109,3 +109,54 @@ def test_keys_create_list_revoke(tmp_path):
         "keys", "list", env={k: v for k, v in os.environ.items() if k != "PRODSEG_API_KEYS_FILE"}
     )
     assert no_store.returncode == 2 and "--file" in no_store.stderr
+
+
+def tiny_classifier_onnx(path: Path, classes: int) -> None:
+    """uint8 [N, H, W, 3] -> mean colour -> linear -> softmax ``probabilities`` [N, classes]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).normal(0, 0.05, (3, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["pixels"], ["colour"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["colour", "weights"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 64, 64, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        [
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+            numpy_helper.from_array(weights, "weights"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True)
+    onnx.save(model, path)
+
+
+def test_reference_of_a_classifier_through_its_engine(tmp_path):
+    """The same builder serves every task: a classification model's reference holds its class mix."""
+    from datagen.products import write_image_folder
+    from prodseg.drift_cli import build_reference
+
+    repository = tmp_path / "repository"
+    source = default_repository() / "returns_classifier"
+    (repository / "returns_classifier").mkdir(parents=True)
+    shutil.copy(default_repository() / "onnx_runner.py", repository)
+    for name in ("config.pbtxt", "labels.txt"):
+        shutil.copy(source / name, repository / "returns_classifier" / name)
+    tiny_classifier_onnx(repository / "returns_classifier" / "1" / "model.onnx", classes=5)
+    write_image_folder(tmp_path / "images", 25, seed=4)
+
+    built = build_reference("returns_classifier", tmp_path / "images", repository=repository, threads=1)
+    assert built.version == 1 and built.task == "classification"
+    assert built.class_counts["predicted_class"].sum() == 25
+    assert (
+        DriftReference.load(reference_path("returns_classifier", 1, repository)).feature_names
+        == built.feature_names
+    )

@@ -12,11 +12,12 @@ import pytest
 
 from clients.contract import ModelContract
 from clients.labels import LabelMap
+from tests.training.helpers import MODEL
 
 
 @pytest.fixture(scope="session")
 def labels() -> LabelMap:
-    return ModelContract.load().labels
+    return ModelContract.load(MODEL).labels
 
 
 @pytest.fixture(scope="session")

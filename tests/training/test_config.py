@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("torch")  # the training extra; serving-only installs skip this module
 
@@ -20,6 +21,10 @@ from training.config import (  # noqa: E402
     parse_override,
 )
 from training.datasets import DataSpec  # noqa: E402
+from training.tasks.segmentation import SegmentationGate, SegmentationLoss  # noqa: E402
+
+# The keys every config must have: what model it trains, for which task, from which data.
+BASE = {"task": "segmentation", "model_name": "shelf_segmenter", "data": {"generator": "shelves"}}
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -28,11 +33,43 @@ def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["default", "tiny", "sku110k"])
+@pytest.mark.parametrize("name", ["default", "tiny", "sku110k", "crack"])
 def test_shipped_configs_load(name: str) -> None:
     config = load_config(CONFIG_DIR / f"{name}.yaml")
     assert config.source == f"{name}.yaml"
+    assert config.task == "segmentation" and config.adapter.task == "segmentation"
+    assert config.publish.model_name == config.model_name == config.tracking.experiment
     json.dumps(config.to_dict())  # plain data: tracked as params, stored in checkpoints
+
+
+def test_the_crack_config_names_its_model_and_matches_its_contract() -> None:
+    config = load_config(CONFIG_DIR / "crack.yaml")
+    contract = config.contract()
+    assert contract.model_name == "crack_segmenter" and contract.labels.names == ["background", "crack"]
+    assert (contract.height, contract.width) == tuple(config.input_size)
+    assert config.model.options["decoder_attention_type"] == "scse"
+    assert min(config.model.options["decoder_channels"]) >= 16  # scSE squeezes by 16
+    assert isinstance(config.data, DataSpec) and config.data.generator == "cracks"
+    assert config.gate.floors.min_class_dice == {"crack": 0.7}
+    assert config.augment.vflip and config.augment.transpose  # a surface has no up
+
+
+def test_task_and_model_name_are_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^c.yaml: task: required \(one of segmentation, detection"):
+        config_from_dict({"model_name": "x", "data": {"generator": "shelves"}}, "c.yaml")
+    with pytest.raises(ConfigError, match="^c.yaml: model_name: required"):
+        config_from_dict({"task": "segmentation", "data": {"generator": "shelves"}}, "c.yaml")
+    with pytest.raises(ConfigError, match="^c.yaml: model_name: 'a' but publish.model_name is 'b'"):
+        config_from_dict({**BASE, "model_name": "a", "publish": {"model_name": "b"}}, "c.yaml")
+    named = config_from_dict({**BASE, "model_name": None, "publish": {"model_name": "b"}}, "c.yaml")
+    assert named.model_name == named.tracking.experiment == named.azure.experiment == "b"
+
+
+def test_loss_and_gate_floors_are_the_tasks_own_sections() -> None:
+    config = config_from_dict({**BASE, "loss": {"dice": 2}, "gate": {"min_miou": 0.5, "max_regression": 0.1}})
+    assert config.loss == SegmentationLoss(cross_entropy=1.0, dice=2.0)
+    assert config.gate.floors == SegmentationGate(min_miou=0.5)
+    assert config.gate.max_regression == 0.1 and config.gate.min_served_agreement == 0.99
 
 
 def test_default_config_matches_the_served_contract() -> None:
@@ -56,6 +93,17 @@ def test_sku110k_source_paths_are_under_its_root(tmp_path: Path) -> None:
     ("text", "key", "problem"),
     [
         ("trian: {steps: 3}", "top level", "unknown key(s) ['trian']"),
+        ("task: tracking", "task", "expected one of ['segmentation', 'detection', 'classification']"),
+        ("loss: {focal: 1}", "loss", "unknown key(s) ['focal']"),
+        ("gate: {min_map: 0.5}", "gate", "unknown key(s) ['min_map']; known: ['min_onnxruntime_agreement'"),
+        ("data: {generator: lasers}", "data", "data.generator must be one of ['cracks'"),
+        ("data: {kind: folder, root: x, mask_format: rgb}", "data", "data.mask_format must be"),
+        (
+            "model: {options: {decoder_attention_type: scse, decoder_channels: [64, 32, 16, 8, 8]}}",
+            "model.options.decoder_channels",
+            "scse needs >= 16 channels, got [8, 8]",
+        ),
+        ("augment: {transpose: 0.5, crop: [64, 96]}", "augment.transpose", "needs a square crop"),
         ("train: {steps: 3, stepz: 4}", "train", "unknown key(s) ['stepz']"),
         ("model: {arch: UNetX}", "model.arch", "unknown architecture 'UNetX'"),
         ("model: {encoder: resnet9}", "model.encoder", "unknown encoder 'resnet9'"),
@@ -69,15 +117,16 @@ def test_sku110k_source_paths_are_under_its_root(tmp_path: Path) -> None:
         ("train: {steps: 3, device: tpu}", "train.device", "expected one of ['auto', 'cpu', 'cuda']"),
         ("augment: {crop: [64]}", "augment.crop", "expected 2 values"),
         ("augment: {jpeg_quality: [90, 20]}", "augment.jpeg_quality", "within 1..100"),
-        ("data: {kind: video}", "data", "data.kind must be 'procedural' or 'folder'"),
+        ("data: {kind: video, generator: shelves}", "data", "data.kind must be 'procedural' or 'folder'"),
         ("data: {kind: sku110k, annotations: a.csv, images: img}", "data.sam_checkpoint", "required with"),
         ("data: {kind: sku110k, images: img, labeler: box}", "data", "annotations"),
         ("gate: {min_class_iou: {product: high}}", "gate.min_class_iou.product", "expected float"),
     ],
 )
 def test_bad_configs_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    raw = {**BASE, **yaml.safe_load(text)}  # each case breaks one key of an otherwise valid config
     with pytest.raises(ConfigError) as error:
-        load_config(write(tmp_path, text))
+        load_config(write(tmp_path, yaml.safe_dump(raw)))
     message = str(error.value)
     assert message.startswith(f"run.yaml: {key}:"), message
     assert problem in message
@@ -105,8 +154,8 @@ def test_overrides_use_dotted_keys_and_yaml_values(tmp_path: Path) -> None:
 
 
 def test_contract_assertions(tmp_path: Path) -> None:
-    contract = ModelContract.load()
-    base = {"train": {"steps": 1}}
+    contract = ModelContract.load("shelf_segmenter")
+    base = {**BASE, "train": {"steps": 1}}
     config_from_dict({**base, "input_size": [contract.height, contract.width]}, "ok.yaml").check_contract(
         contract
     )
@@ -114,20 +163,25 @@ def test_contract_assertions(tmp_path: Path) -> None:
         "input_size": {"input_size": [96, 160]},
         "classes": {"classes": ["background", "product"]},
         "gate.min_class_iou": {"gate": {"min_class_iou": {"bottle": 0.5}}},
+        "gate.min_class_dice": {"gate": {"min_class_dice": {"crack": 0.5}}},
+        "task": {"task": "segmentation", "model_name": "x"},
         "augment.crop": {"augment": {"crop": [contract.height + 32, 64]}},
     }
     for key, values in cases.items():
         config = config_from_dict({**base, **values}, "c.yaml")
         with pytest.raises(ConfigError, match=f"^c.yaml: {key}:"):
-            config.check_contract(contract)
+            config.check_contract(contract if key != "task" else ModelContract.load("mask_detector"))
 
 
 def test_a_missing_repository_is_a_config_error(tmp_path: Path) -> None:
-    config = config_from_dict({"train": {"steps": 1}, "publish": {"repository": str(tmp_path)}}, "c.yaml")
+    config = config_from_dict(
+        {**BASE, "train": {"steps": 1}, "publish": {"repository": str(tmp_path)}}, "c.yaml"
+    )
     with pytest.raises(ConfigError, match="c.yaml: publish.repository: cannot read the model contract"):
         config.contract()
 
 
-def test_defaults_are_a_runnable_recipe() -> None:
-    config = PipelineConfig()
-    assert config.train.steps == 600 and config.gate.min_onnxruntime_agreement == 0.999
+def test_defaults_are_a_runnable_recipe_once_model_task_and_data_are_named() -> None:
+    assert PipelineConfig().train.steps == 600
+    config = config_from_dict(BASE)
+    assert config.gate.min_onnxruntime_agreement == 0.999 and config.loss == SegmentationLoss()

@@ -21,7 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from clients.contract import ModelContract  # noqa: E402
 from prodseg.cli import app  # noqa: E402
-from tests.training.helpers import make_repository, served_versions  # noqa: E402
+from tests.training.helpers import CRACKS, MODEL, make_repository, served_versions  # noqa: E402
 from training import registry  # noqa: E402
 from training.config import CONFIG_DIR, config_from_dict  # noqa: E402
 from training.pipeline import GateRefused, RunDir, publish_stage, run_pipeline, seed_repository  # noqa: E402
@@ -92,15 +92,19 @@ def test_full_pipeline_from_generated_boxes(
     bootstrap = json.loads(run.data_json.read_text())["bootstrap"]
     assert bootstrap["labeler"] == "sam" and bootstrap["model_type"] == "tiny" and bootstrap["boxes"] > 0
     assert sorted(p.name for p in (run.bootstrap / "masks").iterdir())[:1] == ["000000.png"]
-    card = registry.read_card(repository, 1)
+    card = registry.read_card(repository, 1, MODEL)
     assert card["gate"]["passed"] and card["data"]["bootstrap"]["checkpoint_sha256"]
+    assert card["task"] == "segmentation" and card["outputs"] == [
+        {"name": "masks", "dtype": "uint8", "shape": [-1, 96, 160]}
+    ]
     assert card["mlflow"]["run_id"] == result.run_id
     assert served_versions(repository)["configs/cpu.pbtxt"] == [1]
 
     client = MlflowClient(config.tracking.uri)
     tracked = client.get_run(result.run_id)
     assert tracked.info.status == "FINISHED" and tracked.data.params["data.kind"] == "sku110k"
-    assert {"test/miou", "parity/onnxruntime", "gate/passed", "train/loss"} <= tracked.data.metrics.keys()
+    metrics = tracked.data.metrics.keys()
+    assert {"test/miou", "test/dice/product", "parity/onnxruntime", "parity/served", "gate/passed"} <= metrics
     assert tracked.data.tags["published_version"] == "1"
     artifacts = {
         a.path for folder in ("model", "evaluation") for a in client.list_artifacts(result.run_id, folder)
@@ -117,11 +121,11 @@ def test_full_pipeline_from_generated_boxes(
     )
     assert served_versions(repository)["config.pbtxt"] == [2]
     # ...then rolled back.
-    rolled = prodseg("rollback", "--repository", str(repository))
+    rolled = prodseg("rollback", "--model", MODEL, "--repository", str(repository))
     assert rolled.returncode == 0, rolled.stderr
     assert "production: 2 -> 1" in rolled.stderr
     assert set(map(tuple, served_versions(repository).values())) == {(1,)}
-    assert ModelContract.load(repository).height == 96
+    assert ModelContract.load(MODEL, repository).height == 96
 
 
 def _raw(config) -> dict[str, Any]:
@@ -136,23 +140,46 @@ def test_the_gate_refuses_a_model_below_its_floor(tmp_path: Path, cli: Callable[
     result = run_pipeline(config, tmp_path / "run")
     assert not result.gate.passed and result.version is None
     assert "failed: mIoU" in result.gate.reasons[0]
-    assert registry.versions(tmp_path / "repo") == []
+    assert registry.versions(tmp_path / "repo", MODEL) == []
     with pytest.raises(GateRefused, match="the quality gate refused this model: failed: mIoU"):
-        publish_stage(config, RunDir(tmp_path / "run"), ModelContract.load(tmp_path / "repo"))
+        publish_stage(config, RunDir(tmp_path / "run"), ModelContract.load(MODEL, tmp_path / "repo"))
     config_file = tmp_path / "strict.yaml"
     config_file.write_text(yaml.safe_dump(_raw(config)))
     refused = cli("publish", "--run-dir", str(tmp_path / "run"), "--config", str(config_file))
     assert refused.exit_code == 1 and "refused: the quality gate refused this model" in refused.stderr
-    assert registry.versions(tmp_path / "repo") == []
+    assert registry.versions(tmp_path / "repo", MODEL) == []
 
 
 def test_seed_repository_fills_an_empty_one_once(tmp_path: Path) -> None:
     config = config_from_dict({**TINY, "publish": {"repository": str(tmp_path / "fresh")}}, "tiny.yaml")
     assert seed_repository(config)
-    model_dir = tmp_path / "fresh" / "shelf_segmenter"
+    model_dir = tmp_path / "fresh" / MODEL
     assert {p.name for p in model_dir.iterdir()} == {"config.pbtxt", "configs", "labels.txt", "model.py"}
-    assert ModelContract.load(tmp_path / "fresh") == ModelContract.load()
+    assert (model_dir / "model.py").resolve() == (tmp_path / "fresh" / "onnx_runner.py").resolve()
+    assert ModelContract.load(MODEL, tmp_path / "fresh") == ModelContract.load(MODEL)
     assert not seed_repository(config)  # already there: left alone
+
+
+def test_the_crack_config_runs_the_same_pipeline(tmp_path: Path) -> None:
+    """One pipeline, another model: the crack config at test size into a scratch repository."""
+    raw = yaml.safe_load((CONFIG_DIR / "crack.yaml").read_text())
+    raw |= {
+        "data": {"kind": "procedural", "generator": "cracks", "train": 4, "val": 2, "test": 2},
+        "augment": {**raw["augment"], "crop": [32, 32]},
+        "train": {"steps": 2, "batch_size": 2, "threads": 1, "checkpoint_every": 2},
+        "evaluate": {"batch_size": 2, "worst_k": 1},
+        "export": {"parity_images": 2},
+        "gate": {"min_served_agreement": 0.0, "max_regression": 1.0},
+        "publish": {"repository": str(tmp_path / "repo")},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    make_repository(tmp_path / "repo", size=(64, 64), model=CRACKS)
+    result = run_pipeline(config_from_dict(raw, "crack.yaml"), tmp_path / "run")
+    assert result.version == 1 and result.parity.served_engine == "openvino"
+    assert {"miou", "iou/crack", "dice/crack"} <= result.evaluation.metrics().keys()
+    card = registry.read_card(tmp_path / "repo", 1, CRACKS)
+    assert card["classes"] == ["background", "crack"] and card["data"]["spec"]["generator"] == "cracks"
+    assert "dice crack" in (tmp_path / "repo" / CRACKS / "1" / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.slow  # five processes, each importing torch: ~35 s
@@ -166,7 +193,7 @@ def test_stage_commands_share_a_run_directory(tmp_path: Path, prodseg: Callable[
         ("train", "trained 4 steps"),
         ("export", "agreement with PyTorch"),
         ("evaluate", "gate ok: no published version"),
-        ("publish", "published shelf_segmenter version 1"),
+        ("publish", f"published {MODEL} version 1"),
     ]:
         done = prodseg(stage, *common)
         assert done.returncode == 0 and expect in done.stderr, (stage, done.stderr)
@@ -187,7 +214,18 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, cli: Callable[...
             ("pipeline", "--config", str(bad), "--run-dir", str(tmp_path / "r")),
             "bad.yaml: model.encoder: unknown encoder",
         ),
-        (("train", "--run-dir", str(tmp_path / "r"), "--set", "train.stepz=3"), "unknown key(s) ['stepz']"),
+        (
+            (
+                "train",
+                "--run-dir",
+                str(tmp_path / "r"),
+                "-c",
+                str(CONFIG_DIR / "tiny.yaml"),
+                "--set",
+                "train.stepz=3",
+            ),
+            "unknown key(s) ['stepz']",
+        ),
         (
             (
                 "export",
@@ -200,18 +238,29 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, cli: Callable[...
             ),
             "run.json is missing: run `prodseg train`",
         ),  # fmt: skip
-        (("promote", "7", "--repository", str(repository)), "version 7 is not published"),
-        (("rollback", "--repository", str(repository)), "no alias 'production' to roll back"),
-        (("build-engine", "1", "--repository", str(repository)), "TensorRT engine builds need an NVIDIA GPU"),
+        (("promote", "7", "--model", MODEL, "--repository", str(repository)), "version 7 is not published"),
+        (("rollback", "-m", MODEL, "--repository", str(repository)), "no alias 'production' to roll back"),
+        (
+            ("build-engine", "1", "--model", MODEL, "--repository", str(repository)),
+            "TensorRT engine builds need an NVIDIA GPU",
+        ),
     ]
     for args, message in cases:
         result = cli(*args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and result.stderr.startswith("error:"), (args, result.stderr)
         assert "Traceback" not in result.output
-    assert registry.versions(repository) == []  # nothing half-written, no run directories, no MLflow runs
+    assert (
+        registry.versions(repository, MODEL) == []
+    )  # nothing half-written, no run directories, no MLflow runs
     assert not (tmp_path / "r").exists() and not (tmp_path / "empty").exists()
     assert not (tmp_path / "ambient-mlflow.db").exists()
+
+
+def test_no_command_trains_a_default_model(cli: Callable[..., Any]) -> None:
+    for args in (("pipeline",), ("train", "--run-dir", "x"), ("promote", "1"), ("rollback",)):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Missing option" in result.output, (args, result.output)
 
 
 def test_every_command_explains_itself(cli: Callable[..., Any]) -> None:

@@ -2,19 +2,23 @@
 # The model store, seen from a pod. POSIX sh: runs in the azure-cli image (or any image with sh and
 # cp for the pvc source).
 #
-#   model-store.sh sync          copy model $MODEL_NAME version $MODEL_VERSION into $MODEL_DIR
-#   model-store.sh upload-plans  upload $PLAN_DIR/*.plan next to that version's model.onnx
+#   model-store.sh sync          copy each model of $MODELS ("name=version name=version ...") into $MODEL_DIR
+#   model-store.sh upload-plans  upload $PLAN_DIR/*.plan next to $MODEL_NAME version $MODEL_VERSION's model.onnx
 #
-# sync copies the model folder's own files (config.pbtxt, configs/, labels.txt, model.py,
-# aliases.json) and the ONE version folder the release asks for, so a pod can only ever serve the
-# version its Deployment names. Sources: MODEL_SOURCE=blob (Azure Blob Storage, signed in with the
-# pod's workload identity: no keys) or MODEL_SOURCE=pvc (a mounted volume at $STORE_DIR).
+# sync copies each model folder's own files (config.pbtxt, configs/, labels.txt, model.py,
+# aliases.json) and the ONE version folder the release names for it, so a pod can only ever serve
+# the versions its Deployment names. Sources: MODEL_SOURCE=blob (Azure Blob Storage, signed in with
+# the pod's workload identity: no keys) or MODEL_SOURCE=pvc (a mounted volume at $STORE_DIR).
 set -eu
 
 fail() { echo "model-store: $*" >&2; exit 1; }
 
-: "${MODEL_NAME:?}" "${MODEL_VERSION:?}" "${MODEL_DIR:?}"
-case "$MODEL_VERSION" in '' | *[!0-9]*) fail "MODEL_VERSION must be an integer, got '$MODEL_VERSION'" ;; esac
+: "${MODEL_DIR:?}"
+
+check_model() {  # name version
+  case "$1" in '' | *[!a-z0-9_-]*) fail "model name must be lowercase letters, digits, _ or -, got '$1'" ;; esac
+  case "$2" in '' | *[!0-9]*) fail "$1: version must be an integer, got '$2'" ;; esac
+}
 
 blob_login() {
   # The AKS workload identity webhook puts these into every container of a pod labelled
@@ -25,43 +29,63 @@ blob_login() {
     --federated-token "$(cat "$AZURE_FEDERATED_TOKEN_FILE")" --allow-no-subscriptions --output none
   # https://<account>.blob.core.windows.net -> <account>
   ACCOUNT="$(echo "$BLOB_ACCOUNT_URL" | sed -e 's#^https://##' -e 's#\..*##')"
-  BLOB_MODEL_PATH="${BLOB_PREFIX:+$BLOB_PREFIX/}$MODEL_NAME"
 }
 
-sync_blob() {
-  blob_login
+blob_model_path() { echo "${BLOB_PREFIX:+$BLOB_PREFIX/}$1"; }
+
+sync_blob() {  # name version (after blob_login)
+  path="$(blob_model_path "$1")"
   staging="$MODEL_DIR/.download"
   rm -rf "$staging"
   # The model folder's own files: every blob whose name after <model>/ does not start with a digit.
   az storage blob download-batch --auth-mode login --account-name "$ACCOUNT" --source "$BLOB_CONTAINER" \
-    --destination "$staging" --pattern "$BLOB_MODEL_PATH/[!0-9]*" --no-progress --output none
+    --destination "$staging" --pattern "$path/[!0-9]*" --no-progress --output none
   az storage blob download-batch --auth-mode login --account-name "$ACCOUNT" --source "$BLOB_CONTAINER" \
-    --destination "$staging" --pattern "$BLOB_MODEL_PATH/$MODEL_VERSION/*" --no-progress --output none
-  [ -d "$staging/$BLOB_MODEL_PATH/$MODEL_VERSION" ] ||
-    fail "version $MODEL_VERSION not found at $BLOB_ACCOUNT_URL/$BLOB_CONTAINER/$BLOB_MODEL_PATH/ (published?)"
-  rm -rf "${MODEL_DIR:?}/$MODEL_NAME"
-  mv "$staging/$BLOB_MODEL_PATH" "$MODEL_DIR/$MODEL_NAME"
+    --destination "$staging" --pattern "$path/$2/*" --no-progress --output none
+  [ -d "$staging/$path/$2" ] ||
+    fail "$1 version $2 not found at $BLOB_ACCOUNT_URL/$BLOB_CONTAINER/$path/ (published?)"
+  rm -rf "${MODEL_DIR:?}/$1"
+  mv "$staging/$path" "$MODEL_DIR/$1"
   rm -rf "$staging"
 }
 
-sync_pvc() {
+sync_pvc() {  # name version
   : "${STORE_DIR:?}"
-  src="$STORE_DIR/$MODEL_NAME"
-  [ -d "$src/$MODEL_VERSION" ] || fail "version $MODEL_VERSION not found in $src (published?)"
-  rm -rf "${MODEL_DIR:?}/$MODEL_NAME"
-  mkdir -p "$MODEL_DIR/$MODEL_NAME"
+  src="$STORE_DIR/$1"
+  [ -d "$src/$2" ] || fail "$1 version $2 not found in $src (published?)"
+  rm -rf "${MODEL_DIR:?}/$1"
+  mkdir -p "$MODEL_DIR/$1"
   for entry in "$src"/*; do
     case "$(basename "$entry")" in
       [0-9]*) ;;  # other versions stay behind
       __pycache__) ;;
-      *) cp -RL "$entry" "$MODEL_DIR/$MODEL_NAME/" ;;  # -L: version folders link ../model.py
+      *) cp -RL "$entry" "$MODEL_DIR/$1/" ;;  # -L: model.py links to the shared runner
     esac
   done
-  cp -RL "$src/$MODEL_VERSION" "$MODEL_DIR/$MODEL_NAME/"
+  cp -RL "$src/$2" "$MODEL_DIR/$1/"
+}
+
+sync_all() {
+  : "${MODELS:?MODELS lists the models to sync, e.g. MODELS='shelf_segmenter=1 crack_segmenter=2'}"
+  # Check every entry before fetching anything: a typo fails in a second, not after a download.
+  for entry in $MODELS; do check_model "${entry%%=*}" "${entry#*=}"; done
+  case "${MODEL_SOURCE:-}" in
+    blob) blob_login ;;
+    pvc) ;;
+    *) fail "MODEL_SOURCE must be blob or pvc, got '${MODEL_SOURCE:-}'" ;;
+  esac
+  for entry in $MODELS; do
+    name="${entry%%=*}"
+    version="${entry#*=}"
+    "sync_$MODEL_SOURCE" "$name" "$version"
+    echo "model-store: $name version $version synced from $MODEL_SOURCE:"
+    ls -R "$MODEL_DIR/$name"
+  done
 }
 
 upload_plans() {
-  : "${PLAN_DIR:?}"
+  : "${PLAN_DIR:?}" "${MODEL_NAME:?}" "${MODEL_VERSION:?}"
+  check_model "$MODEL_NAME" "$MODEL_VERSION"
   set -- "$PLAN_DIR"/*.plan
   if [ ! -e "$1" ]; then
     echo "model-store: no new plan to upload (it was already in the store)"
@@ -71,22 +95,14 @@ upload_plans() {
   for plan in "$@"; do
     # --overwrite false: two pools of the same GPU type must not replace each other's plan mid-load.
     az storage blob upload --auth-mode login --account-name "$ACCOUNT" --container-name "$BLOB_CONTAINER" \
-      --name "$BLOB_MODEL_PATH/$MODEL_VERSION/$(basename "$plan")" --file "$plan" --overwrite false \
+      --name "$(blob_model_path "$MODEL_NAME")/$MODEL_VERSION/$(basename "$plan")" --file "$plan" --overwrite false \
       --no-progress --output none
     echo "model-store: uploaded $(basename "$plan") for $MODEL_NAME version $MODEL_VERSION"
   done
 }
 
 case "${1:-}" in
-  sync)
-    case "${MODEL_SOURCE:-}" in
-      blob) sync_blob ;;
-      pvc) sync_pvc ;;
-      *) fail "MODEL_SOURCE must be blob or pvc, got '${MODEL_SOURCE:-}'" ;;
-    esac
-    echo "model-store: $MODEL_NAME version $MODEL_VERSION synced from $MODEL_SOURCE:"
-    ls -R "$MODEL_DIR/$MODEL_NAME"
-    ;;
+  sync) sync_all ;;
   upload-plans) upload_plans ;;
   *) fail "usage: model-store.sh sync|upload-plans" ;;
 esac

@@ -55,7 +55,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) }}
 {{- end }}
 
-{{/* Triton's --model-config-name for the chosen pool ("" = the portable config.pbtxt). */}}
+{{/* The pool's default configName ("" = the portable config.pbtxt). */}}
 {{- define "prodsegmenter.tritonConfigName" -}}
 {{- if .Values.triton.gpu.enabled }}{{ .Values.triton.gpu.modelConfigName }}{{ else }}{{ .Values.triton.cpu.modelConfigName }}{{ end }}
 {{- end }}
@@ -70,9 +70,42 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "prodsegmenter.blobUri" -}}
-{{- with .Values.model.source.blob }}
+{{- with .Values.modelStore.source.blob }}
 {{- printf "%s/%s/%s" (trimSuffix "/" .accountUrl) .container (trimAll "/" .prefix) | trimSuffix "/" }}
 {{- end }}
+{{- end }}
+
+{{/* The models list with every default filled in, as JSON (read it back with fromJsonArray):
+name, version, configName (the pool's default when absent), tensorrt (false unless TensorRT is on
+for a GPU and for the model), engineVersion (default version). Refuses duplicate names. */}}
+{{- define "prodsegmenter.models" -}}
+{{- $poolConfig := include "prodsegmenter.tritonConfigName" . }}
+{{- $plans := and .Values.tensorrt.enabled .Values.triton.gpu.enabled }}
+{{- $seen := dict }}
+{{- $models := list }}
+{{- range .Values.models }}
+{{- if hasKey $seen .name }}
+{{- fail (printf "models: %s is listed twice; each model name may appear once" .name) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- $configName := ternary .configName $poolConfig (hasKey . "configName") }}
+{{- $tensorrt := and $plans (ternary .tensorrt true (hasKey . "tensorrt")) }}
+{{- $engineVersion := .engineVersion | default .version }}
+{{- $models = append $models (dict "name" .name "version" (int .version) "configName" $configName "tensorrt" $tensorrt "engineVersion" (int $engineVersion)) }}
+{{- end }}
+{{- toJson $models }}
+{{- end }}
+
+{{/* "name=version name=version" for files/model-store.sh (MODELS). Args: a list of models. */}}
+{{- define "prodsegmenter.modelStoreList" -}}
+{{- $pairs := list }}
+{{- range . }}{{ $pairs = append $pairs (printf "%s=%d" .name (int .version)) }}{{ end }}
+{{- join " " $pairs }}
+{{- end }}
+
+{{/* The Secret with the gateway's API key store. */}}
+{{- define "prodsegmenter.apiKeysSecret" -}}
+{{- .Values.gateway.auth.existingSecret | default (include "prodsegmenter.componentName" (dict "root" . "component" "api-keys")) }}
 {{- end }}
 
 {{/* Pod security context of every pod: non-root, RuntimeDefault seccomp (restricted profile). A high
@@ -96,23 +129,23 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
-{{/* The init container that copies model version <version> into the `models` volume, from Blob
-Storage (workload identity) or from a PVC. Args: root, version. */}}
+{{/* The init container that copies the listed model versions into the `models` volume, from Blob
+Storage (workload identity) or from a PVC. Args: root, models ("name=version name=version"). */}}
 {{- define "prodsegmenter.syncModelContainer" -}}
 {{- $v := .root.Values -}}
+{{- $store := $v.modelStore -}}
 - name: sync-model
-  image: {{ include "prodsegmenter.image" $v.model.sync.image }}
-  imagePullPolicy: {{ $v.model.sync.image.pullPolicy }}
+  image: {{ include "prodsegmenter.image" $store.sync.image }}
+  imagePullPolicy: {{ $store.sync.image.pullPolicy }}
   command: ["sh", "/scripts/model-store.sh", "sync"]
   env:
-    - {name: MODEL_SOURCE, value: {{ $v.model.source.type | quote }}}
-    - {name: MODEL_NAME, value: {{ $v.model.name | quote }}}
-    - {name: MODEL_VERSION, value: {{ .version | quote }}}
+    - {name: MODEL_SOURCE, value: {{ $store.source.type | quote }}}
+    - {name: MODELS, value: {{ .models | quote }}}
     - {name: MODEL_DIR, value: /models}
-    {{- if eq $v.model.source.type "blob" }}
-    - {name: BLOB_ACCOUNT_URL, value: {{ $v.model.source.blob.accountUrl | quote }}}
-    - {name: BLOB_CONTAINER, value: {{ $v.model.source.blob.container | quote }}}
-    - {name: BLOB_PREFIX, value: {{ $v.model.source.blob.prefix | quote }}}
+    {{- if eq $store.source.type "blob" }}
+    - {name: BLOB_ACCOUNT_URL, value: {{ $store.source.blob.accountUrl | quote }}}
+    - {name: BLOB_CONTAINER, value: {{ $store.source.blob.container | quote }}}
+    - {name: BLOB_PREFIX, value: {{ $store.source.blob.prefix | quote }}}
     {{- else }}
     - {name: STORE_DIR, value: /model-store}
     {{- end }}
@@ -122,16 +155,16 @@ Storage (workload identity) or from a PVC. Args: root, version. */}}
   securityContext:
     {{- include "prodsegmenter.containerSecurityContext" . | nindent 4 }}
   resources:
-    {{- toYaml $v.model.sync.resources | nindent 4 }}
+    {{- toYaml $store.sync.resources | nindent 4 }}
   volumeMounts:
     - {name: models, mountPath: /models}
     - {name: scripts, mountPath: /scripts, readOnly: true}
     - {name: tmp, mountPath: /tmp}
-    {{- if eq $v.model.source.type "pvc" }}
+    {{- if eq $store.source.type "pvc" }}
     - name: model-store
       mountPath: /model-store
       readOnly: true
-      {{- with $v.model.source.pvc.subPath }}
+      {{- with $store.source.pvc.subPath }}
       subPath: {{ . }}
       {{- end }}
     {{- end }}
@@ -145,10 +178,10 @@ Storage (workload identity) or from a PVC. Args: root, version. */}}
   configMap:
     name: {{ include "prodsegmenter.componentName" (dict "root" . "component" "scripts") }}
     defaultMode: 0555
-{{- if eq .Values.model.source.type "pvc" }}
+{{- if eq .Values.modelStore.source.type "pvc" }}
 - name: model-store
   persistentVolumeClaim:
-    claimName: {{ required "model.source.pvc.claimName is required when model.source.type is pvc" .Values.model.source.pvc.claimName }}
+    claimName: {{ required "modelStore.source.pvc.claimName is required when modelStore.source.type is pvc" .Values.modelStore.source.pvc.claimName }}
     readOnly: true
 {{- end }}
 {{- end }}
@@ -156,15 +189,16 @@ Storage (workload identity) or from a PVC. Args: root, version. */}}
 {{/* Non-empty when the engine-build Jobs render: TensorRT on, a GPU, a blob store to upload to,
 and Triton run by this chart (not KServe). */}}
 {{- define "prodsegmenter.engineBuildsEnabled" -}}
-{{- if and .Values.tensorrt.enabled .Values.triton.gpu.enabled (eq .Values.model.source.type "blob") (not .Values.kserve.enabled) }}true{{ end }}
+{{- if and .Values.tensorrt.enabled .Values.triton.gpu.enabled (eq .Values.modelStore.source.type "blob") (not .Values.kserve.enabled) }}true{{ end }}
 {{- end }}
 
-{{/* Pod spec of an engine-build Job: sync the version, build the plan on this pool's GPU, upload
-it. Args: root, pool, version. */}}
+{{/* Pod spec of an engine-build Job: sync one model version, build its plan on this pool's GPU,
+upload it. Args: root, pool, model (an entry of prodsegmenter.models). */}}
 {{- define "prodsegmenter.engineBuildPodSpec" -}}
 {{- $root := .root }}
 {{- $v := .root.Values }}
-{{- $storeEnv := list (dict "name" "MODEL_NAME" "value" $v.model.name) (dict "name" "MODEL_VERSION" "value" (toString .version)) (dict "name" "MODEL_DIR" "value" "/models") -}}
+{{- $store := $v.modelStore }}
+{{- $storeEnv := list (dict "name" "MODEL_NAME" "value" .model.name) (dict "name" "MODEL_VERSION" "value" (toString .model.engineVersion)) (dict "name" "MODEL_DIR" "value" "/models") -}}
 restartPolicy: Never
 serviceAccountName: {{ include "prodsegmenter.componentName" (dict "root" $root "component" "engine-builder") }}
 automountServiceAccountToken: false
@@ -181,14 +215,14 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 initContainers:
-  {{- include "prodsegmenter.syncModelContainer" (dict "root" $root "version" .version) | nindent 2 }}
+  {{- include "prodsegmenter.syncModelContainer" (dict "root" $root "models" (printf "%s=%d" .model.name (int .model.engineVersion))) | nindent 2 }}
   - name: build-engine
     image: {{ include "prodsegmenter.image" $v.triton.image }}
     imagePullPolicy: {{ $v.triton.image.pullPolicy }}
     command: ["sh", "/scripts/build-engine.sh"]
     env:
       {{- toYaml $storeEnv | nindent 6 }}
-      - {name: CONFIG_NAME, value: {{ $v.triton.gpu.modelConfigName | quote }}}
+      - {name: CONFIG_NAME, value: {{ .model.configName | quote }}}
       - {name: TRTEXEC, value: {{ $v.tensorrt.trtexecPath | quote }}}
       - {name: PLAN_DIR, value: /plans}
       - {name: HOME, value: /tmp}
@@ -207,21 +241,21 @@ initContainers:
       - {name: tmp, mountPath: /tmp}
 containers:
   - name: upload-plans
-    image: {{ include "prodsegmenter.image" $v.model.sync.image }}
-    imagePullPolicy: {{ $v.model.sync.image.pullPolicy }}
+    image: {{ include "prodsegmenter.image" $store.sync.image }}
+    imagePullPolicy: {{ $store.sync.image.pullPolicy }}
     command: ["sh", "/scripts/model-store.sh", "upload-plans"]
     env:
       {{- toYaml $storeEnv | nindent 6 }}
       - {name: PLAN_DIR, value: /plans}
-      - {name: BLOB_ACCOUNT_URL, value: {{ $v.model.source.blob.accountUrl | quote }}}
-      - {name: BLOB_CONTAINER, value: {{ $v.model.source.blob.container | quote }}}
-      - {name: BLOB_PREFIX, value: {{ $v.model.source.blob.prefix | quote }}}
+      - {name: BLOB_ACCOUNT_URL, value: {{ $store.source.blob.accountUrl | quote }}}
+      - {name: BLOB_CONTAINER, value: {{ $store.source.blob.container | quote }}}
+      - {name: BLOB_PREFIX, value: {{ $store.source.blob.prefix | quote }}}
       - {name: AZURE_CONFIG_DIR, value: /tmp/azure}
       - {name: HOME, value: /tmp}
     securityContext:
       {{- include "prodsegmenter.containerSecurityContext" . | nindent 6 }}
     resources:
-      {{- toYaml $v.model.sync.resources | nindent 6 }}
+      {{- toYaml $store.sync.resources | nindent 6 }}
     volumeMounts:
       - {name: plans, mountPath: /plans, readOnly: true}
       - {name: scripts, mountPath: /scripts, readOnly: true}

@@ -1,0 +1,34 @@
+"""Fixtures of the chart tests: a model store as `prodseg publish` leaves it, with two models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clients import config_text
+from clients.contract import default_repository
+
+MODEL = "shelf_segmenter"
+SECOND = "second_model"  # a copy of the shelf model under another name: the store holds two models
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """The project's shelf model plus a second version, and a second model, as `prodseg publish`
+    would leave them."""
+    store = tmp_path / "store"
+    store.mkdir()
+    source = default_repository()
+    shutil.copy2(source / "onnx_runner.py", store / "onnx_runner.py")
+    shutil.copytree(
+        source / MODEL, store / MODEL, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(store / MODEL / "1", store / MODEL / "2", symlinks=True)
+    (store / MODEL / "aliases.json").write_text('{"production": 2}\n')
+    shutil.copytree(store / MODEL, store / SECOND, symlinks=True)
+    shutil.rmtree(store / SECOND / "2")
+    for config in [store / SECOND / "config.pbtxt", *(store / SECOND / "configs").glob("*.pbtxt")]:
+        config.write_text(config_text.set_string(config.read_text(), "name", SECOND))
+    return store

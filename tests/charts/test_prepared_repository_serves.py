@@ -1,0 +1,58 @@
+"""What the chart's init containers leave behind, served by the real Triton 2.51 the way the chart
+starts it: explicit model control, one --load-model per model, and no --model-config-name (each
+model's chosen variant is already its config.pbtxt). Only the pinned versions serve."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+
+from prodseg.triton_server import TritonServer
+from tests.charts.conftest import MODEL, SECOND
+from tests.charts.test_pod_scripts import prepare_models, sync_from_volume
+
+pytestmark = pytest.mark.triton
+
+
+def test_triton_serves_each_model_at_its_pinned_version_on_its_chosen_config(store, tmp_path):
+    models_dir = tmp_path / "models"
+    assert sync_from_volume(store, models_dir, f"{MODEL}=2 {SECOND}=1").returncode == 0
+    # The store's own copies of other versions must not matter: add version 1 back to the shelf model
+    # folder, as a store whose config says `latest` would serve it.
+    (models_dir / MODEL / "1").mkdir()
+    for item in (store / MODEL / "1").iterdir():
+        (models_dir / MODEL / "1" / item.name).write_bytes(item.read_bytes())
+    models = [
+        {"name": MODEL, "version": 2, "configName": "cpu", "tensorrt": False},
+        {"name": SECOND, "version": 1, "configName": "cpu", "tensorrt": False},
+    ]
+    prepare_models(models_dir, models)
+    # A config name no model has: Triton falls back to config.pbtxt, i.e. what prepare-model wrote.
+    server = TritonServer(
+        repository=models_dir,
+        models=(MODEL, SECOND),
+        config_name="none-such",
+        log_path=tmp_path / "triton.log",
+    )
+    with server:
+        client = triton_http.InferenceServerClient(server.http_url)
+        assert client.is_model_ready(MODEL, "2") and not client.is_model_ready(MODEL, "1")
+        assert client.is_model_ready(SECOND, "1")
+        config = client.get_model_config(MODEL)
+        assert config["backend"] == "python"  # the CPU variant, chosen per model
+        assert config["version_policy"] == {"specific": {"versions": [2]}}
+        frames = np.zeros((1, 384, 640, 3), np.uint8)
+        images = triton_http.InferInput("images", list(frames.shape), "UINT8")
+        images.set_data_from_numpy(frames)
+        masks = client.infer(SECOND, [images]).as_numpy("masks")
+        assert masks.shape == (1, 384, 640) and masks.dtype == np.uint8
+        index = client.get_model_repository_index()
+        assert {
+            (m["name"], m.get("version"), m.get("state")) for m in index if m.get("state") == "READY"
+        } == {
+            (MODEL, "2", "READY"),
+            (SECOND, "1", "READY"),
+        }, json.dumps(index)

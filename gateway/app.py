@@ -18,12 +18,15 @@ the one error shape of gateway.errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import cv2
+import numpy as np
 from fastapi import FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
@@ -39,6 +42,7 @@ from clients.triton_client import InferenceError
 from clients.video import CorruptVideoError, VideoError, probe
 from gateway.ab import ABTests
 from gateway.errors import ApiError, ErrorBody, error_response, errors, install_error_handlers
+from gateway.feedback import FeedbackStore, PredictionCache
 from gateway.jobs import Job, JobManager, JobStatus
 from gateway.metrics import GatewayMetrics
 from gateway.models import ModelCatalog, ServedModel
@@ -76,6 +80,7 @@ class ModelList(BaseModel):
 
 class ImageResult(BaseModel):
     model_config = {"extra": "allow"}
+    prediction_id: str
     filename: str
     width: int
     height: int
@@ -142,6 +147,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         metrics.register_model(name)
     store = GatewayStore(settings.data_dir / "gateway.sqlite")
     ab_tests = ABTests(store)
+    kept_predictions = PredictionCache(settings.kept_predictions)
+    feedback = FeedbackStore(settings.data_dir / "feedback")
 
     def subject_of(request: Request) -> str:
         """Who a request is from, for sticky A/B assignment: API key name, client id, or address."""
@@ -190,9 +197,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             uploads = await receive_files(request, directory, settings.max_image_bytes * max_files, max_files)
             started = time.perf_counter()
-            frames = [
+            decoded_uploads = [
                 await asyncio.to_thread(_decode, upload, settings.max_image_pixels) for upload in uploads
             ]
+            frames = [frame for frame, _ in decoded_uploads]
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         if format == "png" and len(frames) > 1:
@@ -215,17 +223,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         for result in results:
             ab_tests.record(served.name, served_version, inferred - decoded, result.prediction)
         headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}", "X-Model-Version": served_version}
+        answers = [
+            _result_json(result, upload.filename, frame.shape, served, confidence)
+            for result, upload, frame in zip(results, uploads, frames, strict=True)
+        ]
+        for answer, (frame, data) in zip(answers, decoded_uploads, strict=True):  # for feedback by id
+            answer["prediction_id"] = kept_predictions.keep(
+                served.name, served_version, data, frame.shape, answer
+            )
         if contract.task == Task.SEGMENTATION and len(results) == 1 and format != "json":
             headers["X-Labels"] = ",".join(contract.labels.names)
+            headers["X-Prediction-Id"] = answers[0]["prediction_id"]
             return Response(encode_mask_png(results[0].mask), media_type="image/png", headers=headers)
-        body = {
-            "model": served.name,
-            "version": served_version,
-            "results": [
-                _result_json(result, upload.filename, frame.shape, served, confidence)
-                for result, upload, frame in zip(results, uploads, frames, strict=True)
-            ],
-        }
+        body = {"model": served.name, "version": served_version, "results": answers}
         metrics.request_stage_seconds.labels(served.name, "postprocess").observe(
             time.perf_counter() - inferred
         )
@@ -288,6 +298,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     for name, contract in catalog.contracts.items():
         _add_ab_routes(app, name, contract, catalog, ab_tests)
+        _add_feedback_routes(app, name, contract, settings, feedback, kept_predictions, ab_tests)
         _add_model_routes(
             app, name, contract, catalog, settings, predict, upload_video, job_of, artifact_file, delete_job
         )
@@ -299,6 +310,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.api_route("/v1/models/{model}/videos/{job_id}", methods=["GET", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/videos/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/ab", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/feedback", methods=["GET", "POST"], include_in_schema=False)
     async def unknown_model(model: str) -> None:
         catalog.get(model)  # raises 404 model_not_found
         raise ApiError(404, "not_found", "no such route")
@@ -500,6 +512,169 @@ def _add_model_routes(
     )(video_artifact)
 
 
+class FeedbackRecord(BaseModel):
+    model_config = {"extra": "allow"}
+    id: str
+    model: str
+    version: str
+    kind: str
+    verdict: str | None
+    created_at: float
+
+
+class FeedbackSummary(BaseModel):
+    model_config = {"extra": "allow"}
+    model: str
+    total: int
+    corrections: int
+    correct: int
+    wrong: int
+    by_version: dict[str, dict[str, int]]
+
+
+def _add_feedback_routes(
+    app: FastAPI,
+    name: str,
+    contract,
+    settings,
+    feedback: FeedbackStore,
+    kept: PredictionCache,
+    ab_tests: ABTests,
+) -> None:
+    """Feedback on a prediction: a correction in the task's form, or a verdict; and its counts."""
+    base, tags = f"/v1/models/{name}/feedback", [name]
+    fields: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary", "description": "the image (or send prediction_id)"},
+        "prediction_id": {
+            "type": "string",
+            "minLength": 1,
+            "description": "the id of a prediction this gateway answered",
+        },
+        "verdict": {"type": "string", "enum": ["correct", "wrong"]},
+    }
+    if contract.task == Task.SEGMENTATION:
+        fields["mask"] = {
+            "type": "string",
+            "format": "binary",
+            "description": "PNG of class ids, the image's size",
+        }
+    elif contract.task == Task.DETECTION:
+        fields["boxes"] = {
+            "type": "string",
+            "description": 'JSON: [{"box": [x1, y1, x2, y2], "label": "..."}] in image pixels',
+        }
+    else:
+        fields["label"] = {"type": "string", "enum": contract.labels.names}
+    text_fields = {"prediction_id", "verdict", "boxes", "label"}  # what a form without files can carry
+    correction = {Task.SEGMENTATION: "mask", Task.DETECTION: "boxes"}.get(contract.task, "label")
+    needs_a_verdict_or_correction = [{"required": ["verdict"]}, {"required": [correction]}]
+    body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": fields,
+                        "additionalProperties": False,
+                        "allOf": [
+                            {"anyOf": [{"required": ["file"]}, {"required": ["prediction_id"]}]},
+                            {"anyOf": needs_a_verdict_or_correction},
+                        ],
+                    },
+                    "encoding": {"file": {"contentType": IMAGE_TYPES}, "mask": {"contentType": "image/png"}},
+                },
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {k: v for k, v in fields.items() if k in text_fields},
+                        "additionalProperties": False,
+                        "required": ["prediction_id"],
+                        "anyOf": needs_a_verdict_or_correction
+                        if correction in text_fields
+                        else [{"required": ["verdict"]}],
+                    }
+                },
+            },
+            "description": "a correction in the task's form, or a verdict, on an image or a kept prediction",
+        }
+    }
+
+    @app.post(
+        base,
+        status_code=201,
+        response_model=FeedbackRecord,
+        responses={201: {"description": "stored"}, **errors(400, 404, 413, 415, 422)},
+        openapi_extra=body,
+        summary=f"{name}: send feedback on a prediction",
+        tags=tags,
+    )
+    async def send_feedback(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > 2 * settings.max_image_bytes:
+            raise ApiError(413, "upload_too_large", f"feedback over {2 * settings.max_image_bytes} bytes")
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            raise ApiError(415, "not_a_form", "send feedback as a form (multipart/form-data with files)")
+        try:
+            form = await request.form(max_files=2, max_fields=8)
+        except Exception as error:  # malformed multipart
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {error}") from error
+        prediction_id = _text(form, "prediction_id")
+        if prediction_id:
+            kept_prediction = kept.get(name, prediction_id)
+            data, version, prediction = (
+                kept_prediction.image_bytes,
+                kept_prediction.version,
+                kept_prediction.prediction,
+            )
+        elif hasattr(form.get("file"), "read"):
+            data, version, prediction = await form["file"].read(), "", None
+        else:
+            raise ApiError(422, "invalid_feedback", "send the image in a part 'file' or a prediction_id")
+        try:
+            frame = decode_image(data, settings.max_image_pixels)
+        except ImageError as error:
+            raise ApiError(415, error.code, f"file: {error}") from error
+        target, mask = None, None
+        if contract.task == Task.DETECTION and _text(form, "boxes") is not None:
+            try:
+                target = {"boxes": json.loads(_text(form, "boxes"))}
+            except json.JSONDecodeError as error:
+                raise ApiError(422, "invalid_feedback", f"boxes: not JSON ({error})") from error
+        elif contract.task == Task.CLASSIFICATION and _text(form, "label") is not None:
+            target = {"label": _text(form, "label")}
+        elif contract.task == Task.SEGMENTATION and hasattr(form.get("mask"), "read"):
+            mask = await form["mask"].read()
+        png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()
+        key_name = getattr(request.state, "api_key_name", None)
+        record = await asyncio.to_thread(
+            feedback.add,
+            contract,
+            png,
+            frame.shape[0],
+            frame.shape[1],
+            target,
+            mask,
+            _text(form, "verdict"),
+            version,
+            prediction,
+            key_name,
+        )
+        if version and record["verdict"]:
+            ab_tests.record_label(name, version, record["verdict"] == "correct")
+        return JSONResponse(record, status_code=201)
+
+    @app.get(base, response_model=FeedbackSummary, summary=f"{name}: feedback counts", tags=tags)
+    async def feedback_counts() -> dict:
+        return feedback.summary(name)
+
+
+def _text(form, name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) and value != "" else None
+
+
 def _add_ab_routes(app: FastAPI, name: str, contract, catalog: ModelCatalog, ab_tests: ABTests) -> None:
     """Start, report and stop an A/B test between versions Triton serves of one model."""
     base, tags = f"/v1/models/{name}/ab", [name]
@@ -586,9 +761,11 @@ def _artifact_responses(artifacts: tuple[str, ...]) -> dict:
     return {200: {"description": "the artefact", "content": content}, **errors(404, 409)}
 
 
-def _decode(upload: StoredUpload, max_pixels: int):
+def _decode(upload: StoredUpload, max_pixels: int) -> tuple[np.ndarray, bytes]:
+    """The upload as an RGB frame, and its bytes as sent (kept for feedback by prediction id)."""
+    data = upload.path.read_bytes()
     try:
-        return decode_image(upload.path.read_bytes(), max_pixels)
+        return decode_image(data, max_pixels), data
     except ImageError as error:
         status = 413 if error.code == "image_too_large" else 415
         raise ApiError(status, error.code, f"{upload.filename or 'the upload'}: {error}") from error

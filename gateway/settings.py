@@ -45,4 +45,6 @@ class GatewaySettings:
     chunk_frames: int = field(default_factory=lambda: int(_env("CHUNK_FRAMES", "8")))
     max_concurrent_jobs: int = field(default_factory=lambda: int(_env("MAX_CONCURRENT_JOBS", "2")))
     keep_finished_jobs: int = field(default_factory=lambda: int(_env("KEEP_FINISHED_JOBS", "50")))
+    # Predictions kept per model (with their images) so feedback can name one by id.
+    kept_predictions: int = field(default_factory=lambda: int(_env("KEPT_PREDICTIONS", "64")))
     job_retention_s: float = field(default_factory=lambda: float(_env("JOB_RETENTION_S", str(7 * 24 * 3600))))

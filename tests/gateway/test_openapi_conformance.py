@@ -36,7 +36,7 @@ def test_schemathesis_finds_no_failure(gateway, tmp_path):
         "--seed",
         "20261201",
         "--workers",
-        "2",
+        "1",  # CPython 3.11's ast is not thread-safe: hypothesis' lambda descriptions race across workers
         "--suppress-health-check",
         "all",
         "--request-timeout",

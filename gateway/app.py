@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -46,11 +47,14 @@ from gateway.feedback import FeedbackStore, PredictionCache
 from gateway.jobs import Job, JobManager, JobStatus
 from gateway.metrics import GatewayMetrics
 from gateway.models import ModelCatalog, ServedModel
+from gateway.retrain import Retrainer, load_policies
 from gateway.settings import GatewaySettings
 from gateway.store import GatewayStore
 from gateway.uploads import StoredUpload, receive_files
 
 JobId = Annotated[str, PathParam(description="the id returned when the video was uploaded")]
+
+log = logging.getLogger("prodseg.gateway")
 
 ARTIFACT_TYPES = {
     "overlay.mp4": "video/mp4",
@@ -149,6 +153,27 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     ab_tests = ABTests(store)
     kept_predictions = PredictionCache(settings.kept_predictions)
     feedback = FeedbackStore(settings.data_dir / "feedback")
+    retrainer = Retrainer(
+        store, settings.data_dir, settings.model_repository, load_policies(settings.retrain_policies)
+    )
+
+    def drifted_for_s(model: str) -> float:
+        return 0.0  # replaced below once drift monitoring is wired
+
+    async def check_retrain_policies() -> None:
+        """Start the retrains the policies call for; then look again every ``retrain_check_s``."""
+        while True:
+            await asyncio.sleep(settings.retrain_check_s)
+            for name in catalog.models:
+                since = retrainer.last_version_time(name)
+                new_labels = feedback.summary(name, since)["corrections_since_last_version"]
+                reason = retrainer.due(name, new_labels, drifted_for_s(name))
+                last = retrainer.refresh(name)
+                if reason and (last is None or (last.status != "running" and last.started_at < since)):
+                    try:
+                        retrainer.start(name, f"policy: {reason}")
+                    except ApiError as error:
+                        log.warning("retrain of %s not started: %s", name, error.message)
 
     def subject_of(request: Request) -> str:
         """Who a request is from, for sticky A/B assignment: API key name, client id, or address."""
@@ -161,7 +186,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         catalog.open_clients()  # gRPC channels must be created inside the server's event loop
         app.state.jobs = JobManager(settings, metrics, store)
         app.state.jobs.recover(catalog.models)  # jobs a previous process left: resumed or failed, never lost
+        policy_checks = asyncio.create_task(check_retrain_policies())
         yield
+        policy_checks.cancel()
         await app.state.jobs.shutdown()
         await catalog.close()
         store.close()
@@ -299,6 +326,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for name, contract in catalog.contracts.items():
         _add_ab_routes(app, name, contract, catalog, ab_tests)
         _add_feedback_routes(app, name, contract, settings, feedback, kept_predictions, ab_tests)
+        _add_retrain_routes(app, name, retrainer)
         _add_model_routes(
             app, name, contract, catalog, settings, predict, upload_video, job_of, artifact_file, delete_job
         )
@@ -311,6 +339,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.api_route("/v1/models/{model}/videos/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/ab", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/feedback", methods=["GET", "POST"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/retrain", methods=["GET", "POST"], include_in_schema=False)
     async def unknown_model(model: str) -> None:
         catalog.get(model)  # raises 404 model_not_found
         raise ApiError(404, "not_found", "no such route")
@@ -673,6 +702,35 @@ def _add_feedback_routes(
 def _text(form, name: str) -> str | None:
     value = form.get(name)
     return value if isinstance(value, str) and value != "" else None
+
+
+class RetrainStatus(BaseModel):
+    model_config = {"extra": "allow"}
+    model: str
+    policy: dict[str, Any]
+    last_run: dict[str, Any] | None
+
+
+def _add_retrain_routes(app: FastAPI, name: str, retrainer: Retrainer) -> None:
+    base, tags = f"/v1/models/{name}/retrain", [name]
+
+    @app.post(
+        base,
+        status_code=202,
+        response_model=RetrainStatus,
+        responses={202: {"description": "started"}, **errors(409, 422, 502)},
+        summary=f"{name}: retrain now (one run at a time; never promotes to production)",
+        tags=tags,
+    )
+    async def retrain_now() -> JSONResponse:
+        await asyncio.to_thread(retrainer.start, name, "manual")
+        return JSONResponse(retrainer.status(name), status_code=202)
+
+    @app.get(
+        base, response_model=RetrainStatus, summary=f"{name}: the retrain policy and last run", tags=tags
+    )
+    async def retrain_status() -> dict:
+        return retrainer.status(name)
 
 
 def _add_ab_routes(app: FastAPI, name: str, contract, catalog: ModelCatalog, ab_tests: ABTests) -> None:

@@ -47,4 +47,7 @@ class GatewaySettings:
     keep_finished_jobs: int = field(default_factory=lambda: int(_env("KEEP_FINISHED_JOBS", "50")))
     # Predictions kept per model (with their images) so feedback can name one by id.
     kept_predictions: int = field(default_factory=lambda: int(_env("KEPT_PREDICTIONS", "64")))
+    # Retrain policies per model (a JSON file, see gateway/retrain.py) and how often they are checked.
+    retrain_policies: str = field(default_factory=lambda: _env("RETRAIN_POLICIES", ""))
+    retrain_check_s: float = field(default_factory=lambda: float(_env("RETRAIN_CHECK_S", "60")))
     job_retention_s: float = field(default_factory=lambda: float(_env("JOB_RETENTION_S", str(7 * 24 * 3600))))

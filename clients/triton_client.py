@@ -25,6 +25,45 @@ class InferenceError(RuntimeError):
     """Triton refused or failed a request; the message is Triton's own."""
 
 
+class TritonUnavailableError(InferenceError):
+    """No Triton replica answered, after retries: try again later (the gateway says 503)."""
+
+
+# gRPC codes that mean "this replica is gone or going": the request is safe to send to another one.
+RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
+
+
+def grpc_target(endpoints: str) -> str:
+    """A gRPC target for one Triton or several.
+
+    ``host:port`` is one server; ``10.0.0.1:8001,10.0.0.2:8001`` (IP literals) several, as gRPC's
+    ``ipv4:`` target; ``dns:///triton-headless:8001`` every address a (headless) Service's name
+    resolves to. Several addresses are balanced request by request (``round_robin``), and a replica
+    that disconnects is skipped until it is back.
+    """
+    parts = [part.strip() for part in endpoints.split(",") if part.strip()]
+    if len(parts) <= 1:
+        return endpoints.strip()
+    return "ipv4:" + ",".join(parts)
+
+
+def endpoint_list(endpoints: str) -> list[str]:
+    """The individual addresses of ``endpoints`` (for per-replica health reports)."""
+    return [part.strip() for part in endpoints.removeprefix("ipv4:").split(",") if part.strip()]
+
+
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
 class TritonModelClient:
     """Run one model on a Triton server: ``async with TritonModelClient(url, contract) as client:``."""
 
@@ -36,6 +75,7 @@ class TritonModelClient:
         frames_per_request: int = 1,
         timeout_s: float = 60.0,
         version: str = "",
+        retries: int = 4,
     ) -> None:
         if max_in_flight < 1 or frames_per_request < 1:
             raise ValueError("max_in_flight and frames_per_request must be >= 1")
@@ -50,7 +90,8 @@ class TritonModelClient:
         self.frames_per_request = frames_per_request
         self.timeout_s = timeout_s
         self.version = version  # "" = whichever version Triton serves
-        self._client = grpcclient.InferenceServerClient(url)
+        self.retries = retries  # attempts after the first, on another replica, with backoff
+        self._client = grpcclient.InferenceServerClient(grpc_target(url), channel_args=CHANNEL_ARGS)
 
     async def __aenter__(self) -> TritonModelClient:
         return self
@@ -99,16 +140,26 @@ class TritonModelClient:
             self.contract.input_name, list(images.shape), np_to_triton_dtype(images.dtype)
         )
         tensor.set_data_from_numpy(images)
-        try:
-            response = await self._client.infer(
-                self.contract.model_name,
-                [tensor],
-                model_version=self.version if version is None else version,
-                outputs=[grpcclient.InferRequestedOutput(name) for name in self.contract.output_names],
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as error:
-            raise InferenceError(f"Triton rejected the request: {error.message()}") from error
+        requested = [grpcclient.InferRequestedOutput(name) for name in self.contract.output_names]
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self._client.infer(
+                    self.contract.model_name,
+                    [tensor],
+                    model_version=self.version if version is None else version,
+                    outputs=requested,
+                    client_timeout=self.timeout_s,
+                )
+                break
+            except InferenceServerException as error:
+                if str(error.status()) not in RETRYABLE:
+                    raise InferenceError(f"Triton rejected the request: {error.message()}") from error
+                if attempt == self.retries:
+                    attempts = f"{attempt + 1} attempts"
+                    raise TritonUnavailableError(
+                        f"no Triton replica at {self.url} answered after {attempts}: {error.message()}"
+                    ) from error
+                await asyncio.sleep(0.1 * 3**attempt)  # 0.1, 0.3, 0.9, 2.7 s: a replica restarts or goes
         outputs = {name: response.as_numpy(name) for name in self.contract.output_names}
         return outputs, response.get_response().model_version
 

@@ -39,7 +39,7 @@ from clients.images import ImageError, decode_image
 from clients.masks import encode_mask_png
 from clients.pipeline import ARTIFACTS
 from clients.results import FrameResult, Segmentation
-from clients.triton_client import InferenceError
+from clients.triton_client import InferenceError, TritonUnavailableError, endpoint_list
 from clients.video import CorruptVideoError, VideoError, probe
 from gateway.ab import ABTests
 from gateway.errors import ApiError, ErrorBody, error_response, errors, install_error_handlers
@@ -51,6 +51,7 @@ from gateway.retrain import Retrainer, load_policies
 from gateway.settings import GatewaySettings
 from gateway.store import GatewayStore
 from gateway.uploads import StoredUpload, receive_files
+from gateway.web import install_web
 
 JobId = Annotated[str, PathParam(description="the id returned when the video was uploaded")]
 
@@ -240,7 +241,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         except InferenceError as error:
             if version is not None:
                 ab_tests.record(served.name, version, 0.0, None)
-            raise ApiError(502, "inference_failed", str(error)) from error
+            raise inference_error(error) from error
         inferred = time.perf_counter()
         served_version = results[0].model_version
         metrics.request_stage_seconds.labels(served.name, "infer").observe(inferred - decoded)
@@ -413,18 +414,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=Readiness, responses=errors(503))
     async def readyz() -> JSONResponse:
+        models = catalog.models.values()
         ready = dict(
-            zip(
-                catalog.models,
-                await asyncio.gather(*(m.client.is_ready() for m in catalog.models.values())),
-                strict=True,
-            )
+            zip(catalog.models, await asyncio.gather(*(m.client.is_ready() for m in models)), strict=True)
         )
         if ready and all(ready.values()):
             return JSONResponse({"status": "ready", "models": ready, "unavailable": catalog.errors})
         waiting = [name for name, ok in ready.items() if not ok] or ["(no model configured)"]
-        message = f"Triton at {settings.triton_grpc_url}: not ready for {', '.join(waiting)}"
-        return error_response(503, "triton_not_ready", message)
+        down = [url for url, ok in (await endpoint_health(settings.triton_grpc_url)).items() if not ok]
+        where = f"; unreachable or not ready: {', '.join(down)}" if down else ""
+        message = f"Triton at {settings.triton_grpc_url}: not ready for {', '.join(waiting)}{where}"
+        return error_response(503, "triton_not_ready", message, {"Retry-After": "5"})
 
     @app.get(
         "/metrics",
@@ -434,6 +434,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_web(app, catalog, settings)  # the pages at /ui and the live-camera WebSocket
     return app
 
 
@@ -789,7 +790,7 @@ def _multipart(description: str, max_files: int, many: bool) -> dict[str, Any]:
 def _image_responses(task: Task | None = None) -> dict:
     json_result = {"model": ImagePredictions, "description": "one result per image, in image pixels"}
     if task not in (None, Task.SEGMENTATION):
-        return {200: json_result, **errors(400, 413, 415, 422, 502)}
+        return {200: json_result, **errors(400, 413, 415, 422, 502, 503)}
     png = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
     return {
         200: json_result
@@ -798,7 +799,7 @@ def _image_responses(task: Task | None = None) -> dict:
             "(header X-Labels names them); format=json: RLE masks per image",
             "content": png,
         },
-        **errors(400, 404, 413, 415, 422, 502),
+        **errors(400, 404, 413, 415, 422, 502, 503),
     }
 
 
@@ -817,6 +818,31 @@ def _video_upload() -> dict:
 def _artifact_responses(artifacts: tuple[str, ...]) -> dict:
     content = {ARTIFACT_TYPES[name]: {"schema": {"type": "string", "format": "binary"}} for name in artifacts}
     return {200: {"description": "the artefact", "content": content}, **errors(404, 409)}
+
+
+async def endpoint_health(endpoints: str) -> dict[str, bool]:
+    """Each Triton address on its own: is it up and ready? (names the ones that are not)"""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    async def ready(url: str) -> bool:
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            return await client.is_server_ready(client_timeout=2)
+        except InferenceServerException:
+            return False
+        finally:
+            await client.close()
+
+    urls = endpoint_list(endpoints)
+    return dict(zip(urls, await asyncio.gather(*(ready(url) for url in urls)), strict=True))
+
+
+def inference_error(error: InferenceError) -> ApiError:
+    """502 when Triton refused the request; 503 + Retry-After when no replica could be reached."""
+    if isinstance(error, TritonUnavailableError):
+        return ApiError(503, "triton_unavailable", str(error), {"Retry-After": "5"})
+    return ApiError(502, "inference_failed", str(error))
 
 
 def _decode(upload: StoredUpload, max_pixels: int) -> tuple[np.ndarray, bytes]:

@@ -63,8 +63,9 @@ def test_triton_down_means_not_ready_and_clear_errors(tmp_path, shelf_video):
 
         _, png = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))
         frame = client.post("/v1/frames", files={"file": ("a.png", png.tobytes())})
-        assert frame.status_code == 502
-        assert frame.json()["error"]["code"] == "inference_failed"
+        assert frame.status_code == 503 and frame.headers["retry-after"] == "5"
+        assert frame.json()["error"]["code"] == "triton_unavailable"
+        assert "127.0.0.1:" in ready.json()["error"]["message"]  # names the endpoint that failed
 
         job = client.post("/v1/videos", files={"file": ("s.mp4", shelf_video.video.read_bytes())}).json()
         status = wait_for_job(client, job["id"])

@@ -1,0 +1,171 @@
+"""The web pages, served by the gateway itself: static files under /ui and the live-camera WebSocket.
+
+GET /                          redirects to /ui/
+GET /ui/...                    gateway/web/ (HTML, CSS, JS modules, vendored uPlot); no CDN at run time
+WS  /v1/models/{model}/live    the browser sends JPEG frames (binary messages); each answer is the
+                               images route's per-task JSON plus ``latency_ms`` (text messages)
+
+The live socket never queues: the page sends a frame only after the previous answer came back, and
+should a client send faster, frames that arrive while ``MAX_IN_FLIGHT`` frames are being inferred are
+dropped and counted (``{"dropped": n}`` rides on the next answer). With API keys on
+(``PRODSEG_AUTH_ENABLED``), a browser cannot set headers on a WebSocket, so the first message must be
+``{"api_key": "..."}``; a refused key gets the JSON error body and close code 1008.
+
+None of these routes is in the OpenAPI document (schemathesis fuzzes that document).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from clients.results import Segmentation
+from clients.triton_client import InferenceError
+from gateway.auth import Authenticator, AuthError
+from gateway.errors import ApiError
+from gateway.models import ModelCatalog
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("prodseg.gateway.web")
+
+WEB_ROOT = Path(__file__).parent / "web"
+MAX_IN_FLIGHT = 2  # frames inferred at once per socket; more arriving meanwhile are dropped
+MAX_FRAME_BYTES = 4 << 20  # a JPEG from a camera is tens of KB; refuse anything absurd
+POLICY_VIOLATION = 1008  # WebSocket close code for a refused key
+
+
+def install_web(app: FastAPI, catalog: ModelCatalog, settings: GatewaySettings) -> None:
+    """Mount the pages at /ui (/ redirects there) and add the live-camera WebSocket per model."""
+    authenticator = _authenticator()
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
+
+    @app.websocket("/v1/models/{model}/live")
+    async def live(websocket: WebSocket, model: str) -> None:
+        await websocket.accept()
+        try:
+            served = catalog.get(model)
+            if authenticator is not None:
+                first = await websocket.receive_text()
+                authenticator.authorize(_bearer(first), model)
+        except ApiError as error:
+            await _refuse(websocket, error)
+            return
+        except WebSocketDisconnect:
+            return
+        await _serve_frames(websocket, served)
+
+
+async def _serve_frames(websocket: WebSocket, served) -> None:
+    """Decode each JPEG, infer it, answer its JSON; drop what arrives while MAX_IN_FLIGHT are busy."""
+    in_flight: set[asyncio.Task] = set()
+    dropped = 0
+    send_lock = asyncio.Lock()
+
+    async def answer(data: bytes, received: float, dropped_so_far: int) -> None:
+        body = await _annotate(served, data)
+        body["latency_ms"] = round((time.perf_counter() - received) * 1000, 2)
+        body["dropped"] = dropped_so_far
+        async with send_lock:
+            await websocket.send_text(json.dumps(body))
+
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes")
+            if data is None:
+                continue  # text messages (a repeated key, a ping) carry no frame
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                dropped += 1
+                continue
+            task = asyncio.create_task(answer(data, time.perf_counter(), dropped))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the page went away
+    finally:
+        for task in in_flight:
+            task.cancel()
+
+
+async def _annotate(served, data: bytes) -> dict:
+    """One JPEG -> the images route's per-task JSON, or an error body (the stream goes on)."""
+    if len(data) > MAX_FRAME_BYTES:
+        return _error("frame_too_large", f"a live frame must be under {MAX_FRAME_BYTES} bytes")
+    frame = await asyncio.to_thread(_decode_jpeg, data)
+    if frame is None:
+        return _error("not_an_image", "the frame is not a decodable JPEG or PNG")
+    started = time.perf_counter()
+    try:
+        result = await served.client.predict_image(frame)
+    except InferenceError as error:
+        return _error("inference_failed", str(error))
+    labels = served.contract.labels
+    prediction = result.prediction
+    body = {"model": served.name, "version": result.model_version, "width": frame.shape[1]}
+    body |= {"height": frame.shape[0], "inference_ms": round((time.perf_counter() - started) * 1000, 2)}
+    if isinstance(prediction, Segmentation):
+        # A live overlay needs no per-class RLE: one run-length list of class ids (row-major) is
+        # smaller and draws in one pass.
+        body |= {"task": "segmentation", "mask_rle": _class_runs(prediction.mask)}
+        body |= prediction.summary(labels)
+    else:
+        body |= prediction.to_json(labels)
+    return body
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _class_runs(mask: np.ndarray) -> list[int]:
+    """Row-major runs as [class_id, length, class_id, length, ...]."""
+    flat = mask.ravel()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1])
+    lengths = np.diff(np.concatenate([starts, [flat.size]]))
+    return np.stack([flat[starts].astype(np.int64), lengths]).T.ravel().tolist()
+
+
+def _error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def _bearer(first_message: str) -> str | None:
+    """The key of the socket's first message, ``{"api_key": "..."}``, as an Authorization value."""
+    try:
+        key = json.loads(first_message).get("api_key")
+    except (json.JSONDecodeError, AttributeError):
+        key = None
+    return f"Bearer {key}" if isinstance(key, str) and key else None
+
+
+async def _refuse(websocket: WebSocket, error: ApiError) -> None:
+    await websocket.send_text(json.dumps(_error(error.code, error.message) | {"status": error.status_code}))
+    await websocket.close(POLICY_VIOLATION if isinstance(error, AuthError) else 1011)
+
+
+def _authenticator() -> Authenticator | None:
+    """The key checker when ``PRODSEG_AUTH_ENABLED`` is on, else None (the same switch as the API)."""
+    if os.environ.get("PRODSEG_AUTH_ENABLED", "").lower() not in ("1", "true", "yes", "on"):
+        return None
+    authenticator = Authenticator.from_env()
+    if authenticator is None:
+        raise ValueError("PRODSEG_AUTH_ENABLED is on but PRODSEG_API_KEYS_FILE is not set")
+    return authenticator

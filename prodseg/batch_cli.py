@@ -40,7 +40,9 @@ def run(
     ] = 0,
     shard_count: Annotated[int, typer.Option(help="number of shards", envvar=SHARD_COUNT_ENV)] = 1,
     max_in_flight: Annotated[int, typer.Option(help="requests in flight to Triton")] = 4,
-    frames_per_request: Annotated[int, typer.Option(help="images per request (up to max_batch_size)")] = 4,
+    frames_per_request: Annotated[
+        int, typer.Option(help="images per request, up to max_batch_size (0: by image size)")
+    ] = 0,
     pushgateway: Annotated[
         str | None, typer.Option(help="Prometheus Pushgateway URL", envvar="PRODSEG_PUSHGATEWAY_URL")
     ] = None,

@@ -50,9 +50,16 @@ def serve(
     repository: Annotated[
         Path | None, typer.Option(help="model repository (default: this checkout's)")
     ] = None,
+    max_restarts: Annotated[
+        int, typer.Option(help="restarts of a dead Triton or gateway within 10 minutes before giving up")
+    ] = 5,
 ) -> None:
-    """Run the embedded stack: Triton (every model) + gateway on 127.0.0.1. Ctrl-C stops both."""
+    """Run the embedded stack: Triton (every model) + gateway on 127.0.0.1. Ctrl-C stops both.
+
+    A Triton or gateway that dies is restarted with backoff; after --max-restarts within ten minutes
+    serve stops everything and exits 1."""
     from clients.contract import default_repository
+    from prodseg.processes import StartError
     from prodseg.stack import EmbeddedStack
     from prodseg.triton_server import TritonServer
 
@@ -65,7 +72,7 @@ def serve(
     )
     # SIGTERM (kubectl, systemd, a test) stops the stack the same way Ctrl-C does, even mid-startup.
     signal.signal(signal.SIGTERM, _interrupt)
-    stack = None
+    stack, exit_code = None, 0
     try:
         with console.status("Starting Triton and the gateway"):
             stack = EmbeddedStack(triton, gateway_port).start()
@@ -76,14 +83,18 @@ def serve(
         console.print(f"         metrics {triton.metrics_url}")
         console.print(f"Gateway  {stack.gateway.url}  (API docs at {stack.gateway.url}/docs)")
         console.print("Ctrl-C to stop.")
-        while True:
-            signal.pause()
+        stack.supervise(max_restarts=max_restarts, log=console.print)
     except KeyboardInterrupt:
         console.print("Stopping.")
+    except StartError as error:
+        console.print(f"[red]error:[/red] {error}")
+        exit_code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the children
         if stack is not None:
             stack.stop()
+    if exit_code:
+        raise typer.Exit(code=exit_code)
 
 
 def _interrupt(signum: int, frame: object) -> None:

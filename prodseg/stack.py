@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prodseg.processes import (
+    StartError,
     free_port,
     http_ok,
     start_child,
@@ -105,6 +109,39 @@ class EmbeddedStack:
         """Stop both at once, bounded: SIGTERM, then SIGKILL whatever is left after ``timeout_s``."""
         running = [p.process for p in (self.gateway, self.triton) if p is not None and p.process is not None]
         stop_process_groups(running, timeout_s)
+
+    def supervise(
+        self,
+        max_restarts: int = 5,
+        window_s: float = 600.0,
+        poll_s: float = 1.0,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        """Keep Triton and the gateway running until interrupted: a dead one is restarted (same ports)
+        with growing backoff and the reason logged; more than ``max_restarts`` deaths within
+        ``window_s`` raise ``StartError``, so neither a user nor Kubernetes waits on a stack that can
+        never become ready."""
+        deaths: deque[float] = deque()
+        backoff = 1.0
+        while True:
+            time.sleep(poll_s)
+            for name, part in (("tritonserver", self.triton), ("gateway", self.gateway)):
+                if part is None or part.process is None or part.process.poll() is None:
+                    continue
+                code = part.process.returncode
+                now = time.monotonic()
+                deaths.append(now)
+                while deaths and now - deaths[0] > window_s:
+                    deaths.popleft()
+                if len(deaths) > max_restarts:
+                    raise StartError(
+                        f"{name} exited with {code}; {len(deaths)} exits within {window_s:.0f} s: giving up"
+                    )
+                log(f"{name} exited with {code}; restarting it in {backoff:.0f} s")
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                part.start()
+                log(f"{name} is back (pid {part.process.pid})")
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

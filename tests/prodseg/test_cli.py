@@ -256,3 +256,45 @@ def test_stream_a_video_file_as_a_camera_counts_fps_and_drops(tmp_path: Path, tr
 def test_stream_from_a_missing_camera_fails_clearly(tmp_path: Path):
     result = prodseg("stream", str(tmp_path / "nope.mp4"), "--max-frames", "3")
     assert result.returncode == 2 and "cannot open camera" in result.stderr
+
+
+@pytest.mark.triton
+def test_serve_restarts_a_killed_triton_and_gives_up_after_too_many_deaths(tmp_path: Path):
+    import signal
+    import time
+
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    options = [f"--{name}-port={port}" for name, port in ports.items()]
+    command = [sys.executable, "-m", "prodseg.cli", "serve", "--max-restarts", "1", *options]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    children: list[int] = []
+    try:
+        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 90)
+        triton_pid = find_child(server.pid, "tritonserver")
+        os.kill(triton_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and find_child(server.pid, "tritonserver") in (None, triton_pid):
+            time.sleep(0.3)
+        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 90)  # back, without restarting serve
+        assert "tritonserver exited with -9; restarting" in log.read_text()
+        os.kill(find_child(server.pid, "tritonserver"), signal.SIGKILL)  # a second death: over the limit
+        assert server.wait(timeout=60) == 1
+        assert "giving up" in log.read_text()
+        children = descendants(server.pid)
+    finally:
+        server.kill()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def find_child(pid: int, name: str) -> int | None:
+    for child in descendants(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == name and alive(child):
+                return child
+        except OSError:
+            continue
+    return None

@@ -14,6 +14,7 @@ Tests are durable (the gateway store), their statistics are kept in memory per r
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 import uuid
@@ -98,6 +99,17 @@ class ABTests:
             self.tests[key.removeprefix("ab:")] = ABTest(
                 value["model"], value["weights"], value["id"], value["started_at"]
             )
+
+    def start_configured(self, configured: dict[str, dict[str, int]]) -> None:
+        """Tests the deployment names (same id on every replica: the split is the same everywhere)."""
+        for model, weights in configured.items():
+            weights = {str(v): int(w) for v, w in weights.items()}
+            if sum(weights.values()) != 100 or len(weights) < 2:
+                raise ValueError(f"PRODSEG_AB_TESTS: {model}: weights must name 2+ versions and sum to 100")
+            test_id = hashlib.sha256(json.dumps([model, weights], sort_keys=True).encode()).hexdigest()[:12]
+            if model not in self.tests or self.tests[model].id != test_id:
+                self.tests[model] = ABTest(model, weights, test_id)
+                self._store.put_state(f"ab:{model}", self.tests[model].to_dict())
 
     def start(self, model: str, weights: dict[str, int], loaded_versions: list[str]) -> ABTest:
         problems = []

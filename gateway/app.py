@@ -152,6 +152,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         metrics.register_model(name)
     store = GatewayStore(settings.data_dir / "gateway.sqlite")
     ab_tests = ABTests(store)
+    ab_tests.start_configured(json.loads(settings.ab_tests) if settings.ab_tests else {})
     kept_predictions = PredictionCache(settings.kept_predictions)
     feedback = FeedbackStore(settings.data_dir / "feedback")
     retrainer = Retrainer(

@@ -47,6 +47,9 @@ class GatewaySettings:
     keep_finished_jobs: int = field(default_factory=lambda: int(_env("KEEP_FINISHED_JOBS", "50")))
     # Predictions kept per model (with their images) so feedback can name one by id.
     kept_predictions: int = field(default_factory=lambda: int(_env("KEPT_PREDICTIONS", "64")))
+    # A/B tests set by the deployment (the chart's models[].abTest): {"model": {"1": 50, "2": 50}}.
+    # Every replica starts them, so a split holds across replicas; PUT /v1/models/{m}/ab changes one.
+    ab_tests: str = field(default_factory=lambda: _env("AB_TESTS", ""))
     # Retrain policies per model (a JSON file, see gateway/retrain.py) and how often they are checked.
     retrain_policies: str = field(default_factory=lambda: _env("RETRAIN_POLICIES", ""))
     retrain_check_s: float = field(default_factory=lambda: float(_env("RETRAIN_CHECK_S", "60")))

@@ -117,3 +117,18 @@ def test_a_split_over_versions_triton_does_not_serve_is_refused(two_versions):
         str(repository),
     )
     assert result.returncode == 2 and "no published version [9]" in result.stderr
+
+
+def test_a_split_set_by_the_deployment_is_the_same_on_every_replica(tmp_path):
+    from gateway.ab import ABTests
+    from gateway.store import GatewayStore
+
+    configured = {MODEL: {"1": 50, "2": 50}}
+    replicas = [ABTests(GatewayStore(tmp_path / f"r{i}.sqlite")) for i in range(2)]
+    for tests in replicas:
+        tests.start_configured(configured)
+    subjects = [f"client-{i}" for i in range(50)]
+    first, second = ([tests.version_for(MODEL, s) for s in subjects] for tests in replicas)
+    assert first == second and set(first) == {"1", "2"}
+    with pytest.raises(ValueError, match="sum to 100"):
+        replicas[0].start_configured({MODEL: {"1": 50, "2": 20}})

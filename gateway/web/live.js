@@ -1,0 +1,129 @@
+// Live camera: getUserMedia -> JPEG -> WebSocket /v1/models/{m}/live -> annotation drawn over the
+// frame it belongs to. One frame in flight: the next is captured only when the answer came back, so
+// a slow server means fewer frames, never a queue of stale ones.
+
+import { apiKey } from "./api.js";
+import { classIdsFromRuns, drawBoxes, drawLabel, drawMask } from "./draw.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_WIDTH = 640;
+const WINDOW = 30; // frames for the FPS and latency figures
+
+export function setupLive(state) {
+  let session = null;
+  const stop = () => {
+    if (session) session.stop();
+    session = null;
+    $("live-start").disabled = false;
+    $("live-stop").disabled = true;
+  };
+  state.onModelChange(stop);
+  $("live-stop").addEventListener("click", stop);
+  $("live-start").addEventListener("click", async () => {
+    if (!state.model) return;
+    state.clearError();
+    $("live-start").disabled = true;
+    $("live-stop").disabled = false;
+    try {
+      session = await startSession(state, state.model);
+    } catch (error) {
+      stop();
+      state.showError(error);
+    }
+  });
+}
+
+async function startSession(state, model) {
+  $("live-status").textContent = "opening the camera…";
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+  const video = $("live-video");
+  video.srcObject = stream;
+  await video.play();
+  const scale = Math.min(1, MAX_WIDTH / video.videoWidth);
+  const width = Math.round(video.videoWidth * scale);
+  const height = Math.round(video.videoHeight * scale);
+  const display = $("live-canvas");
+  display.width = width;
+  display.height = height;
+  const grab = new OffscreenCanvas(width, height);
+  const grabContext = grab.getContext("2d");
+  const context = display.getContext("2d", { willReadFrequently: true });
+
+  const protocol = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${protocol}://${location.host}/v1/models/${model.name}/live`);
+  socket.binaryType = "arraybuffer";
+  const stats = { frames: 0, times: [], latencies: [], dropped: 0 };
+  let sentFrame = null;
+  let running = true;
+
+  const sendFrame = async () => {
+    if (!running || socket.readyState !== WebSocket.OPEN) return;
+    grabContext.drawImage(video, 0, 0, width, height);
+    sentFrame = grab.transferToImageBitmap();
+    grabContext.drawImage(sentFrame, 0, 0);
+    const blob = await grab.convertToBlob({ type: "image/jpeg", quality: 0.8 });
+    socket.send(await blob.arrayBuffer());
+  };
+
+  socket.addEventListener("open", () => {
+    if (apiKey()) socket.send(JSON.stringify({ api_key: apiKey() }));
+    $("live-status").textContent = `streaming to ${model.name}`;
+    sendFrame();
+  });
+  socket.addEventListener("message", (event) => {
+    const answer = JSON.parse(event.data);
+    if (answer.error) {
+      state.showError(new Error(`${answer.status ? answer.status + ": " : ""}${answer.error.message}`));
+      if (answer.status) return; // refused: the server closes the socket
+    } else {
+      draw(context, sentFrame, answer, model);
+      record(stats, answer);
+    }
+    sendFrame();
+  });
+  socket.addEventListener("close", () => {
+    $("live-status").textContent = "stopped";
+  });
+
+  return {
+    stop() {
+      running = false;
+      socket.close();
+      for (const track of stream.getTracks()) track.stop();
+    },
+  };
+}
+
+function draw(context, frame, answer, model) {
+  context.drawImage(frame, 0, 0);
+  if (answer.task === "segmentation") {
+    const ids = classIdsFromRuns(answer.mask_rle, answer.width * answer.height);
+    drawMask(context, ids, answer.width, answer.height, model.labels);
+  } else if (answer.task === "detection") {
+    drawBoxes(context, answer.detections, model.labels);
+  } else {
+    drawLabel(context, answer, answer.width);
+  }
+}
+
+function record(stats, answer) {
+  const now = performance.now();
+  stats.frames += 1;
+  stats.times.push(now);
+  stats.latencies.push(answer.latency_ms);
+  stats.dropped = answer.dropped || 0;
+  if (stats.times.length > WINDOW) stats.times.shift();
+  if (stats.latencies.length > WINDOW) stats.latencies.shift();
+  const span = (stats.times.at(-1) - stats.times[0]) / 1000;
+  const fps = span > 0 ? (stats.times.length - 1) / span : 0;
+  const sorted = [...stats.latencies].sort((a, b) => a - b);
+  const median = sorted[Math.floor(sorted.length / 2)];
+  $("live-frames").textContent = String(stats.frames);
+  $("live-fps").textContent = fps.toFixed(1);
+  $("live-latency").textContent = median.toFixed(1);
+  $("live-dropped").textContent = String(stats.dropped);
+  const panel = $("live-stats");
+  panel.dataset.frames = String(stats.frames);
+  panel.dataset.fps = fps.toFixed(2);
+  panel.dataset.latencyMs = median.toFixed(2);
+}

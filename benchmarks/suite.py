@@ -204,13 +204,61 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
             result["baseline"] = baseline(base.url, sample, max(10, int(seconds * 5)))
             runs.append(result)
         other_models = measure_other_models(stack.triton, sample, seconds, repeats)
+        drift_on_off = image_route_drift_on_off(stack.triton, sample, work, repeats)
         analyzer = perf_analyzer(stack.triton.grpc_url, "1:4") if with_perf_analyzer else None
         memory = {
             "triton_mb": peak_memory_mb(stack.triton.process.pid),
             "gateway_mb": peak_memory_mb(stack.gateway.process.pid),
             "baseline_mb": peak_memory_mb(base.process.pid),
         }
-    return summarise(runs, analyzer, memory, contract, seconds, num_frames) | {"other_models": other_models}
+    return summarise(runs, analyzer, memory, contract, seconds, num_frames) | {
+        "other_models": other_models,
+        "image_route_drift": drift_on_off,
+    }
+
+
+def image_route(url: str, model: str, images: list[bytes], count: int, concurrency: int = 4) -> float:
+    """Images/s of ``POST /v1/models/{model}/images`` with ``concurrency`` clients, one image each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(client: httpx.Client, i: int) -> None:
+        response = client.post(
+            f"/v1/models/{model}/images", files={"file": ("f.jpg", images[i % len(images)])}
+        )
+        response.raise_for_status()
+
+    with httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda i: send(client, i), range(8)))  # warm up
+        started = time.perf_counter()
+        list(pool.map(lambda i: send(client, i), range(count)))
+        return count / (time.perf_counter() - started)
+
+
+def image_route_drift_on_off(
+    triton: TritonServer, sample: list[np.ndarray], work: Path, repeats: int
+) -> dict:
+    """The gateway's image route with drift monitoring on and off, side by side, alternating."""
+    from prodseg.stack import GatewayProcess, serving_env
+
+    jpegs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes() for f in sample]
+    gateways = {
+        state: GatewayProcess(
+            triton.grpc_url,
+            data_dir=work / f"gateway-drift-{state}",
+            env=serving_env(triton) | {"PRODSEG_DRIFT_ENABLED": "true" if state == "on" else "false"},
+        ).start()
+        for state in ("off", "on")
+    }
+    try:
+        fps: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(repeats):
+            for state, gateway in gateways.items():
+                fps[state].append(image_route(gateway.url, FLAGSHIP, jpegs, 150))
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+    off, on = statistics.median(fps["off"]), statistics.median(fps["on"])
+    return {"drift_off_fps": round(off, 2), "drift_on_fps": round(on, 2), "on_vs_off": round(on / off, 3)}
 
 
 def measure_other_models(
@@ -353,6 +401,25 @@ def write(result: dict, name: str, out: Path) -> None:
         "",
         f"Peak memory (MB): {result['peak_memory']}.",
     ]
+    if result.get("other_models"):
+        lines += [
+            "",
+            "| other model | task | bare engine (OpenVINO) | Triton (gRPC 4 x 1) | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in result["other_models"].items():
+            fps = f"{m['engine_openvino_fps']} | {m['triton_grpc_4x1_fps']} | {m['triton_vs_engine']}"
+            lines.append(f"| {name} | {m['task']} | {fps} |")
+    if result.get("image_route_drift"):
+        d = result["image_route_drift"]
+        lines += [
+            "",
+            f"Image route (4 clients): drift monitoring off {d['drift_off_fps']} images/s, on "
+            f"{d['drift_on_fps']} images/s, on/off **{d['on_vs_off']}**.",
+        ]
+    if result.get("batch"):
+        b = result["batch"]
+        lines += ["", f"Batch job: {b}."]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / f"{name}.png")
 

@@ -42,6 +42,7 @@ from clients.results import FrameResult, Segmentation
 from clients.triton_client import InferenceError, TritonUnavailableError, endpoint_list
 from clients.video import CorruptVideoError, VideoError, probe
 from gateway.ab import ABTests
+from gateway.batches import build_input
 from gateway.errors import ApiError, ErrorBody, error_response, errors, install_error_handlers
 from gateway.feedback import FeedbackStore, PredictionCache
 from gateway.jobs import Job, JobManager, JobStatus
@@ -57,7 +58,9 @@ JobId = Annotated[str, PathParam(description="the id returned when the video was
 
 log = logging.getLogger("prodseg.gateway")
 
+BATCH_ARTIFACTS = ("predictions.csv", "predictions.jsonl")
 ARTIFACT_TYPES = {
+    "predictions.csv": "text/csv",
     "overlay.mp4": "video/mp4",
     "masks.zip": "application/zip",
     "timeline.jsonl": "application/x-ndjson",
@@ -296,9 +299,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             headers={"Location": url},
         )
 
-    def job_of(model: str | None, job_id: str) -> Job:
+    def job_of(model: str | None, job_id: str, kind: str = "video") -> Job:
         job = app.state.jobs.get(job_id)
-        if job is None or (model is not None and job.model != model):
+        if job is None or job.kind != kind or (model is not None and job.model != model):
             raise ApiError(404, "job_not_found", f"no video job with id {job_id!r}")
         return job
 
@@ -325,8 +328,31 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         described = await asyncio.gather(*(catalog.describe(m) for m in catalog.models.values()))
         return {"models": described, "default_model": catalog.default_model, "unavailable": catalog.errors}
 
+    async def upload_batch(request: Request, served: ServedModel) -> JSONResponse:
+        jobs: JobManager = app.state.jobs
+        job_id, directory = jobs.new_job_directory()
+        try:
+            limit = settings.max_batch_images
+            uploads = await receive_files(request, directory / "parts", settings.max_upload_bytes, limit)
+            count = await asyncio.to_thread(
+                build_input, uploads, directory / "input", limit, settings.max_upload_bytes
+            )
+            shutil.rmtree(directory / "parts", ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        name = uploads[0].filename if len(uploads) == 1 else f"{len(uploads)} images"
+        job = Job(job_id, served.name, BATCH_ARTIFACTS, directory, name, 0, count, kind="batch")
+        jobs.submit(job, served)
+        return JSONResponse(
+            {"id": job_id, "model": served.name, "status": job.status.value, "status_url": job.route},
+            status_code=202,
+            headers={"Location": job.route},
+        )
+
     for name, contract in catalog.contracts.items():
         _add_ab_routes(app, name, contract, catalog, ab_tests)
+        _add_batch_routes(app, name, catalog, settings, upload_batch, job_of, artifact_file, delete_job)
         _add_feedback_routes(app, name, contract, settings, feedback, kept_predictions, ab_tests)
         _add_retrain_routes(app, name, retrainer)
         _add_model_routes(
@@ -342,6 +368,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.api_route("/v1/models/{model}/ab", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/feedback", methods=["GET", "POST"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/retrain", methods=["GET", "POST"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/batches", methods=["POST"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/batches/{job_id}", methods=["GET", "DELETE"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/batches/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
     async def unknown_model(model: str) -> None:
         catalog.get(model)  # raises 404 model_not_found
         raise ApiError(404, "not_found", "no such route")
@@ -711,6 +740,77 @@ class RetrainStatus(BaseModel):
     model: str
     policy: dict[str, Any]
     last_run: dict[str, Any] | None
+
+
+def _add_batch_routes(
+    app: FastAPI, name: str, catalog: ModelCatalog, settings, upload_batch, job_of, artifact_file, delete_job
+) -> None:
+    """Batch jobs of one model: a zip or several images in, predictions.csv and .jsonl out."""
+    base, tags = f"/v1/models/{name}/batches", [name]
+    file_schema = {"type": "string", "format": "binary"}
+    body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "items": file_schema,
+                                "minItems": 1,
+                                "maxItems": settings.max_batch_images,
+                            }
+                        },
+                    },
+                    "encoding": {"file": {"contentType": f"application/zip, {IMAGE_TYPES}"}},
+                }
+            },
+            "description": "one zip of images, or several images, each in a part 'file'",
+        }
+    }
+
+    @app.post(
+        base,
+        status_code=202,
+        response_model=JobAccepted,
+        responses={202: {"description": "queued"}, **errors(400, 413, 415, 422)},
+        openapi_extra=body,
+        summary=f"{name}: a batch job over many images (CSV and JSONL out; resumes after a restart)",
+        tags=tags,
+    )
+    async def batch(request: Request) -> JSONResponse:
+        return await upload_batch(request, catalog.get(name))
+
+    @app.get(f"{base}/{{job_id}}", response_model=JobInfo, responses=errors(404), tags=tags)
+    async def batch_status(job_id: JobId) -> dict:
+        return job_of(name, job_id, "batch").to_json()
+
+    @app.delete(
+        f"{base}/{{job_id}}",
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "deleted"}, **errors(404, 409)},
+        tags=tags,
+    )
+    async def delete_batch(job_id: JobId) -> Response:
+        return delete_job(job_of(name, job_id, "batch"))
+
+    async def batch_artifact(job_id: JobId, artifact: str) -> FileResponse:
+        return artifact_file(job_of(name, job_id, "batch"), artifact)
+
+    batch_artifact.__annotations__["artifact"] = Annotated[
+        Literal["predictions.csv", "predictions.jsonl"], PathParam(description="an artefact")
+    ]
+    app.get(
+        f"{base}/{{job_id}}/{{artifact}}",
+        response_class=FileResponse,
+        responses=_artifact_responses(BATCH_ARTIFACTS),
+        summary=f"{name}: download a finished batch's predictions",
+        tags=tags,
+    )(batch_artifact)
 
 
 def _add_retrain_routes(app: FastAPI, name: str, retrainer: Retrainer) -> None:

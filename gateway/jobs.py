@@ -22,6 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.models import ServedModel
 from gateway.settings import GatewaySettings
 from gateway.store import GatewayStore
+from prodseg.batch import BatchSettings, plan_batch, run_batch
 
 
 class JobStatus(StrEnum):
@@ -49,6 +50,7 @@ class Job:
     fps: float | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     restarts: int = 0  # times a gateway restart interrupted it
+    kind: str = "video"  # or "batch": images through prodseg.batch, CSV/JSONL out
 
     @classmethod
     def from_stored(cls, values: dict) -> Job:
@@ -63,7 +65,12 @@ class Job:
 
     @property
     def upload_path(self) -> Path:
-        return self.directory / "upload"
+        """The video, or the folder of a batch's images."""
+        return self.directory / ("input" if self.kind == "batch" else "upload")
+
+    @property
+    def route(self) -> str:
+        return f"/v1/models/{self.model}/{'batches' if self.kind == 'batch' else 'videos'}/{self.id}"
 
     @property
     def finished(self) -> bool:
@@ -92,9 +99,7 @@ class Job:
                 "fps": round(self.fps or 0.0, 2),
                 "seconds": round((self.finished_at or 0) - (self.started_at or 0), 3),
                 "stage_seconds": {stage: round(s, 3) for stage, s in self.stage_seconds.items()},
-                "artifacts": {
-                    name: f"/v1/models/{self.model}/videos/{self.id}/{name}" for name in self.artifacts
-                },
+                "artifacts": {name: f"{self.route}/{name}" for name in self.artifacts},
             }
         return body
 
@@ -136,7 +141,7 @@ class JobManager:
 
     def _fail_at_recovery(self, job: Job, reason: str) -> None:
         job.status, job.error, job.finished_at = JobStatus.FAILED, reason, time.time()
-        job.upload_path.unlink(missing_ok=True)
+        _remove(job.upload_path)
         self.store.save(job)
 
     def new_job_directory(self) -> tuple[str, Path]:
@@ -174,21 +179,11 @@ class JobManager:
             async with self._slots:
                 job.status, job.started_at = JobStatus.RUNNING, time.time()
                 self.store.save(job)
-                stats = await process_video(
-                    job.upload_path,
-                    job.directory,
-                    model.client,
-                    chunk_size=self.settings.chunk_frames,
-                    on_progress=lambda frames: self._progress(job, frames),
-                    observe=lambda stage, seconds, frames: self.metrics.observe_stage(
-                        job.model, stage, seconds, frames
-                    ),
-                )
-            job.fps, job.stage_seconds, job.frames_done = stats.fps, stats.stage_seconds, stats.frames
-            job.frames_total = stats.frames
+                if job.kind == "batch":
+                    await self._run_batch(job)
+                else:
+                    await self._run_video(job, model)
             job.status = JobStatus.SUCCEEDED
-            self.metrics.frames.labels(job.model, "video").inc(stats.frames)
-            self.metrics.job_fps.labels(job.model).observe(stats.fps)
         except asyncio.CancelledError:
             # Shutting down: the stored job stays queued/running, so the next process takes it up.
             self.metrics.jobs_in_progress.labels(job.model).dec()
@@ -197,9 +192,47 @@ class JobManager:
             job.status, job.error = JobStatus.FAILED, f"{error.__class__.__name__}: {error}"
         self._finish(job)
 
+    async def _run_video(self, job: Job, model: ServedModel) -> None:
+        stats = await process_video(
+            job.upload_path,
+            job.directory,
+            model.client,
+            chunk_size=self.settings.chunk_frames,
+            on_progress=lambda frames: self._progress(job, frames),
+            observe=lambda stage, seconds, frames: self.metrics.observe_stage(
+                job.model, stage, seconds, frames
+            ),
+        )
+        job.fps, job.stage_seconds, job.frames_done = stats.fps, stats.stage_seconds, stats.frames
+        job.frames_total = stats.frames
+        self.metrics.frames.labels(job.model, "video").inc(stats.frames)
+        self.metrics.job_fps.labels(job.model).observe(stats.fps)
+
+    async def _run_batch(self, job: Job) -> None:
+        """prodseg.batch over the uploaded images: checkpointed, so a restart resumes it."""
+        settings = BatchSettings(
+            job.model,
+            job.upload_path,
+            job.directory,
+            self.settings.triton_grpc_url,
+            repository=self.settings.model_repository,
+        )
+        plan = await asyncio.to_thread(plan_batch, settings)
+        done = len(plan.done)
+        job.frames_total = len(plan.shard_items)
+
+        def progress(items: int) -> None:
+            nonlocal done
+            done += items
+            self._progress(job, done)
+
+        report = await run_batch(plan, progress)
+        job.frames_done, job.fps = report.done_total, report.images_per_s
+        self.metrics.frames.labels(job.model, "batch").inc(report.processed + report.failed)
+
     def _finish(self, job: Job) -> None:
         job.finished_at = time.time()
-        job.upload_path.unlink(missing_ok=True)
+        _remove(job.upload_path)
         self.store.save(job)
         self.metrics.jobs_in_progress.labels(job.model).dec()
         self.metrics.jobs.labels(job.model, job.status.value).inc()
@@ -216,3 +249,10 @@ class JobManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

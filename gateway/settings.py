@@ -35,6 +35,7 @@ class GatewaySettings:
     max_image_pixels: int = field(
         default_factory=lambda: int(_env("MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
     )
+    max_batch_images: int = field(default_factory=lambda: int(_env("MAX_BATCH_IMAGES", "10000")))
     max_images_per_request: int = field(default_factory=lambda: int(_env("MAX_IMAGES_PER_REQUEST", "16")))
     # Requests kept in flight to Triton per job, and frames per request: together they let Triton's
     # dynamic batcher form batches while decode and encode overlap with inference.

@@ -2,6 +2,7 @@
 
 GET /                          redirects to /ui/
 GET /ui/...                    gateway/web/ (HTML, CSS, JS modules, vendored uPlot); no CDN at run time
+GET /ui/config.json            links only the deployment knows: ``PRODSEG_GRAFANA_URL`` (or null)
 WS  /v1/models/{model}/live    the browser sends JPEG frames (binary messages); each answer is the
                                images route's per-task JSON plus ``latency_ms`` (text messages)
 
@@ -33,7 +34,7 @@ from clients.results import Segmentation
 from clients.triton_client import InferenceError
 from gateway.auth import Authenticator, AuthError
 from gateway.errors import ApiError
-from gateway.models import ModelCatalog
+from gateway.models import ModelCatalog, ServedModel
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("prodseg.gateway.web")
@@ -51,6 +52,11 @@ def install_web(app: FastAPI, catalog: ModelCatalog, settings: GatewaySettings) 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/ui/")
+
+    @app.get("/ui/config.json", include_in_schema=False)
+    async def page_config() -> dict:
+        """What the page links to that only the deployment knows (Grafana, when configured)."""
+        return {"grafana_url": os.environ.get("PRODSEG_GRAFANA_URL") or None}
 
     app.mount("/ui", StaticFiles(directory=WEB_ROOT, html=True), name="ui")
 
@@ -70,18 +76,21 @@ def install_web(app: FastAPI, catalog: ModelCatalog, settings: GatewaySettings) 
         await _serve_frames(websocket, served)
 
 
-async def _serve_frames(websocket: WebSocket, served) -> None:
+async def _serve_frames(websocket: WebSocket, served: ServedModel) -> None:
     """Decode each JPEG, infer it, answer its JSON; drop what arrives while MAX_IN_FLIGHT are busy."""
     in_flight: set[asyncio.Task] = set()
     dropped = 0
     send_lock = asyncio.Lock()
 
-    async def answer(data: bytes, received: float, dropped_so_far: int) -> None:
+    async def answer(data: bytes, received: float) -> None:
         body = await _annotate(served, data)
         body["latency_ms"] = round((time.perf_counter() - received) * 1000, 2)
-        body["dropped"] = dropped_so_far
-        async with send_lock:
-            await websocket.send_text(json.dumps(body))
+        body["dropped"] = dropped  # so far on this socket
+        try:
+            async with send_lock:
+                await websocket.send_text(json.dumps(body))
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the page went away while this frame was being inferred
 
     try:
         while True:
@@ -94,7 +103,7 @@ async def _serve_frames(websocket: WebSocket, served) -> None:
             if len(in_flight) >= MAX_IN_FLIGHT:
                 dropped += 1
                 continue
-            task = asyncio.create_task(answer(data, time.perf_counter(), dropped))
+            task = asyncio.create_task(answer(data, time.perf_counter()))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
     except (WebSocketDisconnect, RuntimeError):
@@ -104,7 +113,7 @@ async def _serve_frames(websocket: WebSocket, served) -> None:
             task.cancel()
 
 
-async def _annotate(served, data: bytes) -> dict:
+async def _annotate(served: ServedModel, data: bytes) -> dict:
     """One JPEG -> the images route's per-task JSON, or an error body (the stream goes on)."""
     if len(data) > MAX_FRAME_BYTES:
         return _error("frame_too_large", f"a live frame must be under {MAX_FRAME_BYTES} bytes")
@@ -158,7 +167,8 @@ def _bearer(first_message: str) -> str | None:
 
 async def _refuse(websocket: WebSocket, error: ApiError) -> None:
     await websocket.send_text(json.dumps(_error(error.code, error.message) | {"status": error.status_code}))
-    await websocket.close(POLICY_VIOLATION if isinstance(error, AuthError) else 1011)
+    # 1008 for a refused key; otherwise 4000 + the HTTP status (an application close code, e.g. 4404).
+    await websocket.close(POLICY_VIOLATION if isinstance(error, AuthError) else 4000 + error.status_code)
 
 
 def _authenticator() -> Authenticator | None:

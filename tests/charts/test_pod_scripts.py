@@ -95,7 +95,9 @@ def test_sync_of_an_unpublished_version_fails_and_names_it(store, tmp_path):
     "models, message",
     [
         (f"{MODEL}=1 Bad-Name=1", "model name must be lowercase letters"),
-        (f"{MODEL}=latest", f"{MODEL}: version must be an integer"),
+        (f"{MODEL}=latest", f"{MODEL}: versions must be integers separated by commas"),
+        (f"{MODEL}=1,,2", f"{MODEL}: versions must be integers separated by commas"),
+        (f"{MODEL}=1,", f"{MODEL}: versions must be integers separated by commas"),
         ("", "MODELS lists the models to sync"),
     ],
 )
@@ -359,3 +361,79 @@ def test_prepare_model_runs_in_the_triton_image():
             script,
             imported,
         )
+
+
+# --- Two versions of one model (an A/B test: models[].abTest or models[].versions) ---
+
+
+@pytest.fixture
+def synced_two_versions(store: Path, tmp_path: Path) -> Path:
+    models = tmp_path / "models"
+    result = sync_from_volume(store, models, f"{MODEL}=1,2 {SECOND}=1")
+    assert result.returncode == 0, result.stderr
+    return models
+
+
+def test_sync_copies_every_version_an_ab_test_serves(synced_two_versions):
+    shelf = synced_two_versions / MODEL
+    assert sorted(p.name for p in shelf.iterdir()) == sorted(
+        ["1", "2", "aliases.json", "config.pbtxt", "configs", "labels.txt", "model.py"]
+    )
+    assert (shelf / "1" / "model.onnx").is_file() and (shelf / "2" / "model.onnx").is_file()
+    assert sorted(p.name for p in (synced_two_versions / SECOND).iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_sync_fails_naming_the_missing_version_of_a_pair(store, tmp_path):
+    result = sync_from_volume(store, tmp_path / "models", f"{MODEL}=2,7")
+    assert result.returncode != 0
+    assert f"{MODEL} version 7 not found" in result.stderr
+
+
+def test_prepare_pins_both_versions_in_every_config(synced_two_versions):
+    models = [
+        {"name": MODEL, "version": 1, "versions": [2, 1], "configName": "cpu", "tensorrt": False},
+        {"name": SECOND, "version": 1, "configName": "cpu", "tensorrt": False},
+    ]
+    result = prepare_models(synced_two_versions, models)
+    assert f"{MODEL} versions 1, 2 serves configs/cpu.pbtxt" in result.stdout
+    shelf = synced_two_versions / MODEL
+    for path in [shelf / "config.pbtxt", *(shelf / "configs").glob("*.pbtxt")]:
+        assert list(read_model_config(path).version_policy.specific.versions) == [1, 2], path
+    second = read_model_config(synced_two_versions / SECOND / "config.pbtxt")
+    assert list(second.version_policy.specific.versions) == [1]
+
+
+def test_a_plan_serves_two_versions_only_when_both_have_it(synced_two_versions):
+    shelf = synced_two_versions / MODEL
+    (shelf / "1" / "model.sm86.plan").write_bytes(b"plan")
+    (shelf / "2" / "model.sm86.plan").write_bytes(b"plan")
+    (shelf / "2" / "model.sm90.plan").write_bytes(b"plan")  # built for the new version only
+    models = [{"name": MODEL, "version": 2, "versions": [1, 2], "configName": "gpu", "tensorrt": True}]
+    prepare_models(synced_two_versions, models, "--compute-capability=8.6")
+    config = read_model_config(shelf / "config.pbtxt")
+    assert config.backend == "tensorrt"
+    assert dict(config.cc_model_filenames) == {"8.6": "model.sm86.plan"}
+    assert list(config.version_policy.specific.versions) == [1, 2]
+    # On the GPU only version 2 has a plan for, both versions stay on ONNX Runtime.
+    result = prepare_models(synced_two_versions, models, "--compute-capability=9.0")
+    assert "no TensorRT plan for GPU 9.0" in result.stdout
+    assert read_model_config(shelf / "config.pbtxt").backend == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            {"name": MODEL, "version": 3, "versions": [1, 2]},
+            f"{MODEL}: version 3 must be one of its versions",
+        ),
+        ({"name": MODEL, "version": 1, "versions": [1, 1]}, "lists a version twice"),
+        ({"name": MODEL, "version": 1, "versions": []}, "versions must be a non-empty list"),
+        ({"name": MODEL, "version": 1, "versions": [1, "2"]}, "every version must be an integer >= 1"),
+        ({"name": MODEL, "version": 1, "versions": [1, 5]}, "was version 5 synced?"),
+    ],
+)
+def test_prepare_refuses_bad_version_lists(synced_two_versions, entry, message):
+    result = prepare_models(synced_two_versions, [entry], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -56,3 +56,41 @@ def test_triton_serves_each_model_at_its_pinned_version_on_its_chosen_config(sto
             (MODEL, "2", "READY"),
             (SECOND, "1", "READY"),
         }, json.dumps(index)
+
+
+def test_triton_serves_both_versions_of_an_ab_test_and_no_other(store, tmp_path):
+    """models[].abTest {"1": .., "2": ..}: the pod syncs both version folders and pins both; the
+    gateway then asks Triton for a version per request, so each must answer by number."""
+    models_dir = tmp_path / "models"
+    assert sync_from_volume(store, models_dir, f"{MODEL}=1,2 {SECOND}=1").returncode == 0
+    # A version the release does not name, left in the folder: it must stay unloaded.
+    (models_dir / MODEL / "3").mkdir()
+    for item in (store / MODEL / "1").iterdir():
+        (models_dir / MODEL / "3" / item.name).write_bytes(item.read_bytes())
+    models = [
+        {"name": MODEL, "version": 1, "versions": [1, 2], "configName": "cpu", "tensorrt": False},
+        {"name": SECOND, "version": 1, "configName": "cpu", "tensorrt": False},
+    ]
+    prepare_models(models_dir, models)
+    server = TritonServer(
+        repository=models_dir,
+        models=(MODEL, SECOND),
+        config_name="none-such",
+        log_path=tmp_path / "triton.log",
+    )
+    with server:
+        client = triton_http.InferenceServerClient(server.http_url)
+        assert client.get_model_config(MODEL)["version_policy"] == {"specific": {"versions": [1, 2]}}
+        ready = {
+            (m["name"], m.get("version"))
+            for m in client.get_model_repository_index()
+            if m.get("state") == "READY"
+        }
+        assert ready == {(MODEL, "1"), (MODEL, "2"), (SECOND, "1")}
+        frames = np.zeros((1, 384, 640, 3), np.uint8)
+        images = triton_http.InferInput("images", list(frames.shape), "UINT8")
+        images.set_data_from_numpy(frames)
+        for version in ("1", "2"):
+            result = client.infer(MODEL, [images], model_version=version)
+            assert result.get_response()["model_version"] == version
+            assert result.as_numpy("masks").shape == (1, 384, 640)

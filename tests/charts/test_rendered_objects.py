@@ -108,7 +108,14 @@ def test_triton_loads_every_listed_model_and_prepares_each(objects):
     assert [a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")] == DEFAULT_MODELS
     triton = one(objects, "Deployment", "-triton")
     assert prepared_models(triton) == [
-        {"name": name, "version": 1, "configName": "gpu", "tensorrt": True, "engineVersion": 1}
+        {
+            "name": name,
+            "version": 1,
+            "versions": [1],
+            "configName": "gpu",
+            "tensorrt": True,
+            "engineVersion": 1,
+        }
         for name in DEFAULT_MODELS
     ]
     assert synced_models(triton) == " ".join(f"{name}=1" for name in DEFAULT_MODELS)
@@ -126,15 +133,30 @@ def test_per_model_config_names_and_tensorrt_switches(tools, tmp_path):
     ]
     objects = render([models_file(tmp_path, models)])
     assert prepared_models(one(objects, "Deployment", "-triton")) == [
-        {"name": "shelf_segmenter", "version": 3, "configName": "gpu", "tensorrt": True, "engineVersion": 3},
+        {
+            "name": "shelf_segmenter",
+            "version": 3,
+            "versions": [3],
+            "configName": "gpu",
+            "tensorrt": True,
+            "engineVersion": 3,
+        },
         {
             "name": "crack_segmenter",
             "version": 2,
+            "versions": [2],
             "configName": "gpu-int8",
             "tensorrt": False,
             "engineVersion": 2,
         },
-        {"name": "mask_detector", "version": 1, "configName": "", "tensorrt": True, "engineVersion": 1},
+        {
+            "name": "mask_detector",
+            "version": 1,
+            "versions": [1],
+            "configName": "",
+            "tensorrt": True,
+            "engineVersion": 1,
+        },
     ]
     jobs = by_kind(objects, "Job")
     assert sorted(j["metadata"]["labels"]["prodseg.io/model"] for j in jobs) == [
@@ -391,12 +413,19 @@ def test_gateway_environment(objects):
     env = {
         e["name"]: e["value"] for e in next(iter(containers(one(objects, "Deployment", "-gateway"))))["env"]
     }
-    triton_service = one(objects, "Service", "-triton")
-    grpc_port = next(p["port"] for p in triton_service["spec"]["ports"] if p["name"] == "grpc")
+    # gRPC's DNS resolver over the headless Service: every ready Triton pod, balanced per call.
+    headless = one(objects, "Service", "-triton-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    grpc_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
     assert (
         env["PRODSEG_TRITON_GRPC_URL"]
-        == f"{triton_service['metadata']['name']}.prodseg.svc.cluster.local:{grpc_port}"
+        == f"dns:///{headless['metadata']['name']}.prodseg.svc.cluster.local:{grpc_port}"
     )
+    assert env["PRODSEG_MODELS"] == ",".join(DEFAULT_MODELS)
+    assert env["PRODSEG_TRITON_CONFIG_NAME"] == "gpu"
+    assert "PRODSEG_AB_TESTS" not in env and "PRODSEG_RETRAIN_POLICIES" not in env
+    for name in ("KEPT_PREDICTIONS", "JOB_RETENTION_S", "RETRAIN_CHECK_S"):
+        assert env[f"PRODSEG_{name}"].isdigit()
     assert env["PRODSEG_GATEWAY_DATA_DIR"] == "/data"
     for name in ("MAX_IMAGE_BYTES", "MAX_IN_FLIGHT", "FRAMES_PER_REQUEST", "MAX_CONCURRENT_JOBS"):
         assert env[f"PRODSEG_{name}"].isdigit()

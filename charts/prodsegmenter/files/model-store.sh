@@ -2,12 +2,12 @@
 # The model store, seen from a pod. POSIX sh: runs in the azure-cli image (or any image with sh and
 # cp for the pvc source).
 #
-#   model-store.sh sync          copy each model of $MODELS ("name=version name=version ...") into $MODEL_DIR
+#   model-store.sh sync          copy each model of $MODELS ("name=version name=v1,v2 ...") into $MODEL_DIR
 #   model-store.sh upload-plans  upload $PLAN_DIR/*.plan next to $MODEL_NAME version $MODEL_VERSION's model.onnx
 #
 # sync copies each model folder's own files (config.pbtxt, configs/, labels.txt, model.py,
-# aliases.json) and the ONE version folder the release names for it, so a pod can only ever serve
-# the versions its Deployment names. Sources: MODEL_SOURCE=blob (Azure Blob Storage, signed in with
+# aliases.json) and the version folders the release names for it (one, or both sides of an A/B
+# test: name=1,2), so a pod can only ever serve the versions its Deployment names. Sources: MODEL_SOURCE=blob (Azure Blob Storage, signed in with
 # the pod's workload identity: no keys) or MODEL_SOURCE=pvc (a mounted volume at $STORE_DIR).
 set -eu
 
@@ -15,9 +15,9 @@ fail() { echo "model-store: $*" >&2; exit 1; }
 
 : "${MODEL_DIR:?}"
 
-check_model() {  # name version
+check_model() {  # name versions (one integer, or several separated by commas)
   case "$1" in '' | *[!a-z0-9_-]*) fail "model name must be lowercase letters, digits, _ or -, got '$1'" ;; esac
-  case "$2" in '' | *[!0-9]*) fail "$1: version must be an integer, got '$2'" ;; esac
+  case "$2" in '' | ,* | *, | *,,* | *[!0-9,]*) fail "$1: versions must be integers separated by commas, got '$2'" ;; esac
 }
 
 blob_login() {
@@ -33,26 +33,30 @@ blob_login() {
 
 blob_model_path() { echo "${BLOB_PREFIX:+$BLOB_PREFIX/}$1"; }
 
-sync_blob() {  # name version (after blob_login)
+sync_blob() {  # name versions (after blob_login)
   path="$(blob_model_path "$1")"
   staging="$MODEL_DIR/.download"
   rm -rf "$staging"
   # The model folder's own files: every blob whose name after <model>/ does not start with a digit.
   az storage blob download-batch --auth-mode login --account-name "$ACCOUNT" --source "$BLOB_CONTAINER" \
     --destination "$staging" --pattern "$path/[!0-9]*" --no-progress --output none
-  az storage blob download-batch --auth-mode login --account-name "$ACCOUNT" --source "$BLOB_CONTAINER" \
-    --destination "$staging" --pattern "$path/$2/*" --no-progress --output none
-  [ -d "$staging/$path/$2" ] ||
-    fail "$1 version $2 not found at $BLOB_ACCOUNT_URL/$BLOB_CONTAINER/$path/ (published?)"
+  for version in $(echo "$2" | tr ',' ' '); do
+    az storage blob download-batch --auth-mode login --account-name "$ACCOUNT" --source "$BLOB_CONTAINER" \
+      --destination "$staging" --pattern "$path/$version/*" --no-progress --output none
+    [ -d "$staging/$path/$version" ] ||
+      fail "$1 version $version not found at $BLOB_ACCOUNT_URL/$BLOB_CONTAINER/$path/ (published?)"
+  done
   rm -rf "${MODEL_DIR:?}/$1"
   mv "$staging/$path" "$MODEL_DIR/$1"
   rm -rf "$staging"
 }
 
-sync_pvc() {  # name version
+sync_pvc() {  # name versions
   : "${STORE_DIR:?}"
   src="$STORE_DIR/$1"
-  [ -d "$src/$2" ] || fail "$1 version $2 not found in $src (published?)"
+  for version in $(echo "$2" | tr ',' ' '); do
+    [ -d "$src/$version" ] || fail "$1 version $version not found in $src (published?)"
+  done
   rm -rf "${MODEL_DIR:?}/$1"
   mkdir -p "$MODEL_DIR/$1"
   for entry in "$src"/*; do
@@ -62,7 +66,7 @@ sync_pvc() {  # name version
       *) cp -RL "$entry" "$MODEL_DIR/$1/" ;;  # -L: model.py links to the shared runner
     esac
   done
-  cp -RL "$src/$2" "$MODEL_DIR/$1/"
+  for version in $(echo "$2" | tr ',' ' '); do cp -RL "$src/$version" "$MODEL_DIR/$1/"; done
 }
 
 sync_all() {
@@ -78,7 +82,7 @@ sync_all() {
     name="${entry%%=*}"
     version="${entry#*=}"
     "sync_$MODEL_SOURCE" "$name" "$version"
-    echo "model-store: $name version $version synced from $MODEL_SOURCE:"
+    echo "model-store: $name version(s) $version synced from $MODEL_SOURCE:"
     ls -R "$MODEL_DIR/$name"
   done
 }
@@ -86,6 +90,7 @@ sync_all() {
 upload_plans() {
   : "${PLAN_DIR:?}" "${MODEL_NAME:?}" "${MODEL_VERSION:?}"
   check_model "$MODEL_NAME" "$MODEL_VERSION"
+  case "$MODEL_VERSION" in *,*) fail "upload-plans takes one version, got '$MODEL_VERSION'" ;; esac
   set -- "$PLAN_DIR"/*.plan
   if [ ! -e "$1" ]; then
     echo "model-store: no new plan to upload (it was already in the store)"

@@ -3,15 +3,16 @@ standard library only: the image has no protobuf).
 
     prepare_model.py prepare --repository /models --models JSON [--compute-capability 8.6]
         JSON is the chart's ``models`` list as rendered:
-        ``[{"name": "shelf_segmenter", "version": 1, "configName": "gpu", "tensorrt": true}, ...]``.
-        For each model:
-        1. Pins ``version_policy`` to its version in config.pbtxt and configs/*.pbtxt: the pod holds
-           only the version its Deployment names, whatever the store's config says (``prodseg
+        ``[{"name": "shelf_segmenter", "version": 1, "configName": "gpu", "tensorrt": true}, ...]``;
+        an entry may add ``"versions": [1, 2]`` (every version it serves, e.g. both sides of an A/B
+        test; ``version`` must be one of them). For each model:
+        1. Pins ``version_policy`` to its versions in config.pbtxt and configs/*.pbtxt: the pod holds
+           only the versions its Deployment names, whatever the store's config says (``prodseg
            promote`` may already point it at a newer one; ``helm rollback`` may ask for an older one).
         2. Serves ``configs/<configName>.pbtxt`` by writing it as the model's config.pbtxt (Triton's
            ``--model-config-name`` is one name for every model; this picks one per model). An empty
            configName serves config.pbtxt itself.
-        3. With ``tensorrt``: if the version folder holds a TensorRT plan for this GPU's compute
+        3. With ``tensorrt``: if every served version folder holds a TensorRT plan for this GPU's compute
            capability (``model.sm86.plan`` for 8.6, built by the engine-build Job or ``prodseg
            build-engine``), switches the served config to Triton's TensorRT backend with
            ``cc_model_filenames`` listing every plan present. Otherwise the config serves as
@@ -73,21 +74,38 @@ def read_models(text: str) -> list[dict]:
         version = entry.get("version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             fail(f"{entry['name']}: version must be an integer >= 1, got {version!r}")
+        entry["versions"] = served_versions(entry)
     return models
 
 
+def served_versions(entry: dict) -> list[int]:
+    """The versions an entry serves: its ``versions`` list (which must hold ``version``), else ``version``."""
+    versions = entry.get("versions", [entry["version"]])
+    if not isinstance(versions, list) or not versions:
+        fail(f"{entry['name']}: versions must be a non-empty list of integers, got {versions!r}")
+    for version in versions:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            fail(f"{entry['name']}: every version must be an integer >= 1, got {version!r} in {versions}")
+    if len(set(versions)) != len(versions):
+        fail(f"{entry['name']}: versions lists a version twice: {versions}")
+    if entry["version"] not in versions:
+        fail(f"{entry['name']}: version {entry['version']} must be one of its versions {versions}")
+    return sorted(versions)
+
+
 def prepare_one(
-    model_dir: Path, version: int, config_name: str, tensorrt: bool, capability: str | None
+    model_dir: Path, versions: list[int], config_name: str, tensorrt: bool, capability: str | None
 ) -> str:
     """Pin, pick the served config, switch it to a plan when one fits; returns what it did."""
-    if not (model_dir / str(version)).is_dir():
-        fail(f"{model_dir / str(version)} does not exist (was version {version} synced?)")
+    for version in versions:
+        if not (model_dir / str(version)).is_dir():
+            fail(f"{model_dir / str(version)} does not exist (was version {version} synced?)")
     configs = [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
     pinned = {}
     for path in configs:
         if path.is_file():
             try:
-                pinned[path] = config_text.pin_version(path.read_text(), version)
+                pinned[path] = config_text.serve_versions(path.read_text(), versions)
             except config_text.ConfigTextError as error:
                 fail(f"{path}: {error}")
     source = model_dir / "configs" / f"{config_name}.pbtxt" if config_name else model_dir / "config.pbtxt"
@@ -96,7 +114,13 @@ def prepare_one(
     served = pinned[source]
     note = f"serves {source.relative_to(model_dir)}"
     if tensorrt:
-        plans = config_text.plans_by_capability(p.name for p in (model_dir / str(version)).iterdir())
+        # One config serves every version: use a plan only where each served version has it.
+        per_version = [
+            config_text.plans_by_capability(p.name for p in (model_dir / str(v)).iterdir()) for v in versions
+        ]
+        plans = {
+            cc: name for cc, name in per_version[0].items() if all(p.get(cc) == name for p in per_version)
+        }
         if capability and capability in plans:
             try:
                 served = config_text.use_tensorrt_plans(served, plans, capability)
@@ -109,7 +133,8 @@ def prepare_one(
     pinned[model_dir / "config.pbtxt"] = served
     for path, text in pinned.items():
         atomic.write_text(path, text)
-    return f"{model_dir.name} version {version} {note}"
+    listed = ", ".join(str(v) for v in versions)
+    return f"{model_dir.name} version{'s' if len(versions) > 1 else ''} {listed} {note}"
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -120,7 +145,7 @@ def prepare(args: argparse.Namespace) -> None:
         model_dir = Path(args.repository) / entry["name"]
         done = prepare_one(
             model_dir,
-            entry["version"],
+            entry["versions"],
             entry.get("configName", ""),
             bool(entry.get("tensorrt", False)),
             capability,

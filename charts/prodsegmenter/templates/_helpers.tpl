@@ -60,10 +60,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.triton.gpu.enabled }}{{ .Values.triton.gpu.modelConfigName }}{{ else }}{{ .Values.triton.cpu.modelConfigName }}{{ end }}
 {{- end }}
 
-{{/* host:port of Triton's gRPC endpoint, as the gateway's PRODSEG_TRITON_GRPC_URL. */}}
+{{/* Triton's gRPC endpoint, as the gateway's PRODSEG_TRITON_GRPC_URL: dns:///<headless Service>:8001
+(every pod, balanced per call) by default, else the ClusterIP Service's host:port. */}}
 {{- define "prodsegmenter.tritonGrpcAddress" -}}
 {{- if .Values.kserve.enabled }}
 {{- printf "%s-predictor.%s.svc.cluster.local:80" (include "prodsegmenter.componentName" (dict "root" . "component" "triton")) .Release.Namespace }}
+{{- else if .Values.triton.headlessService.enabled }}
+{{- /* gRPC resolves every Triton pod's address and balances call by call (round_robin,
+clients/triton_client.py grpc_target) instead of holding one connection to one pod. */}}
+{{- printf "dns:///%s.%s.svc.cluster.local:8001" (include "prodsegmenter.componentName" (dict "root" . "component" "triton-headless")) .Release.Namespace }}
 {{- else }}
 {{- printf "%s.%s.svc.cluster.local:8001" (include "prodsegmenter.componentName" (dict "root" . "component" "triton")) .Release.Namespace }}
 {{- end }}
@@ -76,8 +81,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* The models list with every default filled in, as JSON (read it back with fromJsonArray):
-name, version, configName (the pool's default when absent), tensorrt (false unless TensorRT is on
-for a GPU and for the model), engineVersion (default version). Refuses duplicate names. */}}
+name, version, versions (every version Triton serves, ascending: `versions`, else the abTest's
+versions, else [version]), configName (the pool's default when absent), tensorrt (false unless
+TensorRT is on for a GPU and for the model), engineVersion (default version). Refuses duplicate
+names and a `version` that is not served. The A/B weights are not in it: changing a split must not
+restart Triton (see prodsegmenter.abTests). */}}
 {{- define "prodsegmenter.models" -}}
 {{- $poolConfig := include "prodsegmenter.tritonConfigName" . }}
 {{- $plans := and .Values.tensorrt.enabled .Values.triton.gpu.enabled }}
@@ -91,15 +99,72 @@ for a GPU and for the model), engineVersion (default version). Refuses duplicate
 {{- $configName := ternary .configName $poolConfig (hasKey . "configName") }}
 {{- $tensorrt := and $plans (ternary .tensorrt true (hasKey . "tensorrt")) }}
 {{- $engineVersion := .engineVersion | default .version }}
-{{- $models = append $models (dict "name" .name "version" (int .version) "configName" $configName "tensorrt" $tensorrt "engineVersion" (int $engineVersion)) }}
+{{- $versions := include "prodsegmenter.servedVersions" . | fromJsonArray }}
+{{- $models = append $models (dict "name" .name "version" (int .version) "versions" $versions "configName" $configName "tensorrt" $tensorrt "engineVersion" (int $engineVersion)) }}
 {{- end }}
 {{- toJson $models }}
 {{- end }}
 
-{{/* "name=version name=version" for files/model-store.sh (MODELS). Args: a list of models. */}}
+{{/* The versions one entry of .Values.models serves, ascending, as a JSON list of integers:
+`versions`, else its abTest's versions, else [version]. Fails when `version` or an abTest version
+is not among them. Args: the entry. */}}
+{{- define "prodsegmenter.servedVersions" -}}
+{{- $asked := list .version }}
+{{- if .versions }}
+{{- $asked = .versions }}
+{{- else if .abTest }}
+{{- $asked = keys .abTest.weights }}
+{{- end }}
+{{- /* sprig sorts strings only: zero-pad so "10" sorts after "2" (and strip the zeros again: int
+reads a leading 0 as octal). */}}
+{{- $padded := list }}
+{{- range $asked }}{{ $padded = append $padded (printf "%09d" (int .)) }}{{ end }}
+{{- $versions := list }}
+{{- range sortAlpha $padded }}{{ $versions = append $versions (int (regexReplaceAll "^0+" . "")) }}{{ end }}
+{{- if not (has (int .version) $versions) }}
+{{- fail (printf "models: %s: version %d must be one of the versions it serves %v (versions, or the abTest's versions)" .name (int .version) $versions) }}
+{{- end }}
+{{- if .abTest }}
+{{- range $version, $_ := .abTest.weights }}
+{{- if not (has (int $version) $versions) }}
+{{- fail (printf "models: %s: abTest version %s is not among the versions it serves %v" $.name $version $versions) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $versions }}
+{{- end }}
+
+{{/* The A/B tests the deployment starts, as PRODSEG_AB_TESTS: {"<model>": {"<version>": percent}}
+for every model with an abTest. Checks what the schema cannot: percents sum to 100, and KServe
+(which runs no prepare step, so serves the store's one version) is off. */}}
+{{- define "prodsegmenter.abTests" -}}
+{{- $tests := dict }}
+{{- range .Values.models }}
+{{- if .abTest }}
+{{- $total := 0 }}
+{{- range $version, $percent := .abTest.weights }}{{ $total = add $total (int $percent) }}{{ end }}
+{{- if ne (int $total) 100 }}
+{{- fail (printf "models: %s: abTest.weights must sum to 100, got %d (%v)" .name (int $total) .abTest.weights) }}
+{{- end }}
+{{- if $.Values.kserve.enabled }}
+{{- fail (printf "models: %s: abTest needs the chart's Triton Deployment (kserve.enabled=false): KServe serves the store's one version" .name) }}
+{{- end }}
+{{- $weights := dict }}
+{{- range $version, $percent := .abTest.weights }}{{ $_ := set $weights $version (int $percent) }}{{ end }}
+{{- $_ := set $tests .name $weights }}
+{{- end }}
+{{- end }}
+{{- toJson $tests }}
+{{- end }}
+
+{{/* "name=version name=v1,v2" for files/model-store.sh (MODELS). Args: a list of models. */}}
 {{- define "prodsegmenter.modelStoreList" -}}
 {{- $pairs := list }}
-{{- range . }}{{ $pairs = append $pairs (printf "%s=%d" .name (int .version)) }}{{ end }}
+{{- range . }}
+{{- $versions := list }}
+{{- range .versions }}{{ $versions = append $versions (toString (int .)) }}{{ end }}
+{{- $pairs = append $pairs (printf "%s=%s" .name (join "," $versions)) }}
+{{- end }}
 {{- join " " $pairs }}
 {{- end }}
 

@@ -205,6 +205,7 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
             runs.append(result)
         other_models = measure_other_models(stack.triton, sample, seconds, repeats)
         drift_on_off = image_route_drift_on_off(stack.triton, sample, work, repeats)
+        batch = batch_vs_engine(stack.triton, work, num_images=max(64, int(seconds * 40)))
         analyzer = perf_analyzer(stack.triton.grpc_url, "1:4") if with_perf_analyzer else None
         memory = {
             "triton_mb": peak_memory_mb(stack.triton.process.pid),
@@ -214,7 +215,23 @@ def run(repeats: int, seconds: float, num_frames: int, work: Path, with_perf_ana
     return summarise(runs, analyzer, memory, contract, seconds, num_frames) | {
         "other_models": other_models,
         "image_route_drift": drift_on_off,
+        "batch": batch,
     }
+
+
+def batch_vs_engine(triton: TritonServer, work: Path, num_images: int) -> dict:
+    """``prodseg batch run`` vs the bare engine on the same images, per served model (same run)."""
+    from benchmarks.batch_bench import measure_batch, write_bench_images
+
+    results = {}
+    for name, contract in discover().contracts.items():
+        if name not in triton.models:
+            continue
+        images = work / f"batch-images-{name}"
+        shutil.rmtree(images, ignore_errors=True)
+        write_bench_images(images, num_images, contract)
+        results[name] = measure_batch(triton.grpc_url, name, images, work)
+    return results
 
 
 def image_route(url: str, model: str, images: list[bytes], count: int, concurrency: int = 4) -> float:
@@ -407,9 +424,9 @@ def write(result: dict, name: str, out: Path) -> None:
             "| other model | task | bare engine (OpenVINO) | Triton (gRPC 4 x 1) | ratio |",
             "|---|---|---|---|---|",
         ]
-        for name, m in result["other_models"].items():
+        for model, m in result["other_models"].items():
             fps = f"{m['engine_openvino_fps']} | {m['triton_grpc_4x1_fps']} | {m['triton_vs_engine']}"
-            lines.append(f"| {name} | {m['task']} | {fps} |")
+            lines.append(f"| {model} | {m['task']} | {fps} |")
     if result.get("image_route_drift"):
         d = result["image_route_drift"]
         lines += [
@@ -418,8 +435,15 @@ def write(result: dict, name: str, out: Path) -> None:
             f"{d['drift_on_fps']} images/s, on/off **{d['on_vs_off']}**.",
         ]
     if result.get("batch"):
-        b = result["batch"]
-        lines += ["", f"Batch job: {b}."]
+        lines += [
+            "",
+            "| batch job | images/s | bare engine b1 | ratio | bare engine batched | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for model, b in result["batch"].items():
+            bare = f"{b['bare_engine_images_per_s']} | {b['ratio_to_bare']}"
+            batched = f"{b['bare_engine_batched_images_per_s']} | {b['ratio_to_bare_batched']}"
+            lines.append(f"| {model} | {b['batch_images_per_s']} | {bare} | {batched} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / f"{name}.png")
 

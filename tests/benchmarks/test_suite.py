@@ -37,5 +37,6 @@ def test_suite_runs_every_path_and_writes_json_table_and_plot(tmp_path):
     assert "| gRPC -> Triton, 4 requests x 1 frames in flight |" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 0
     assert saved["image_route_drift"]["drift_on_fps"] > 0 and saved["image_route_drift"]["drift_off_fps"] > 0
+    assert saved["batch"]["shelf_segmenter"]["batch_images_per_s"] > 0
     for name, measured in saved["other_models"].items():
         assert measured["engine_openvino_fps"] > 0 and measured["triton_grpc_4x1_fps"] > 0, name

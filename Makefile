@@ -12,6 +12,16 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 
 install: $(VENV)/.installed $(TRITON_VENV)/.installed tools
 
+# The browser tests (tests/web) drive Debian's chromium through Playwright; never `playwright install`.
+# Installed with apt when missing and we are root; otherwise those tests skip and say what to install.
+.PHONY: browser
+install: browser
+browser:
+	@if [ ! -x /usr/lib/chromium/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium fonts-dejavu-core; \
+	fi
+
 # Kubernetes/monitoring tooling (helm, kubectl, promtool, ...) into .tools/: see infra/tools.mk.
 include infra/tools.mk
 

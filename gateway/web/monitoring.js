@@ -153,7 +153,7 @@ async function runBatch(state, model) {
     for (;;) {
       const status = await getJson(statusUrl);
       $("batch-progress").value = status.progress ?? 0;
-      $("batch-status").textContent = `${status.status}: ${status.done ?? status.images_done ?? ""}`;
+      $("batch-status").textContent = `${status.status}: ${status.frames_done} / ${status.frames_total ?? "?"} images`;
       if (["succeeded", "failed"].includes(status.status)) {
         const links = [];
         for (const [name, url] of Object.entries(status.artifacts || {})) {

@@ -274,9 +274,23 @@ def top_level(text: str, name: str) -> Value | None:
 def pin_version(text: str, version: int, comment: str = "") -> str:
     """``version_policy`` set to serve exactly ``version``; only that field's text changes. A config
     without the field gets it appended, after ``comment`` (a ``# ...`` line) when given."""
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ConfigTextError(f"a model version is an integer >= 1, got {version!r}")
-    policy = f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}"
+    return serve_versions(text, [version], comment)
+
+
+def serve_versions(text: str, versions, comment: str = "") -> str:
+    """``version_policy`` set to serve exactly ``versions`` (e.g. both sides of an A/B test), in
+    ascending order; only that field's text changes. A config without the field gets it appended,
+    after ``comment`` (a ``# ...`` line) when given."""
+    versions = list(versions)
+    for version in versions:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigTextError(f"a model version is an integer >= 1, got {version!r}")
+    if not versions:
+        raise ConfigTextError("serve at least one version")
+    if len(set(versions)) != len(versions):
+        raise ConfigTextError(f"versions must be distinct, got {versions}")
+    listed = ", ".join(str(v) for v in sorted(versions))
+    policy = f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
     if parse(text).field("version_policy") is None and comment:
         policy = comment.rstrip("\n") + "\n" + policy
     return replace_field(text, "version_policy", policy)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from gateway.app import create_app
+from gateway.settings import GatewaySettings
 
 
 def main() -> None:
@@ -14,7 +16,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    app = create_app()
+    settings = GatewaySettings()
+    if settings.metrics_port:  # Prometheus scrapes this port; the public one has no /metrics
+        start_http_server(settings.metrics_port, addr=args.host, registry=app.state.metrics.registry)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -38,11 +39,14 @@ from clients.contract import Task
 from clients.images import ImageError, decode_image
 from clients.masks import encode_mask_png
 from clients.pipeline import ARTIFACTS
-from clients.results import FrameResult, Segmentation
+from clients.repository import model_versions
+from clients.results import Detections, FrameResult, Segmentation
 from clients.triton_client import InferenceError, TritonUnavailableError, endpoint_list
 from clients.video import CorruptVideoError, VideoError, probe
 from gateway.ab import ABTests
+from gateway.auth import Authenticator, AuthError
 from gateway.batches import build_input
+from gateway.drift import DriftMonitor
 from gateway.errors import ApiError, ErrorBody, error_response, errors, install_error_handlers
 from gateway.feedback import FeedbackStore, PredictionCache
 from gateway.jobs import Job, JobManager, JobStatus
@@ -57,6 +61,8 @@ from gateway.web import install_web
 JobId = Annotated[str, PathParam(description="the id returned when the video was uploaded")]
 
 log = logging.getLogger("prodseg.gateway")
+MODEL_PATH = re.compile(r"^/v1/models/([^/]+)")
+DEFAULT_ROUTES = ("/v1/frames", "/v1/videos")
 
 BATCH_ARTIFACTS = ("predictions.csv", "predictions.jsonl")
 ARTIFACT_TYPES = {
@@ -153,6 +159,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     catalog = ModelCatalog(settings)
     for name in catalog.contracts:
         metrics.register_model(name)
+    authenticator = _authenticator(settings, metrics)
+    drift = _drift_monitors(settings, catalog, metrics)
     store = GatewayStore(settings.data_dir / "gateway.sqlite")
     ab_tests = ABTests(store)
     ab_tests.start_configured(json.loads(settings.ab_tests) if settings.ab_tests else {})
@@ -162,8 +170,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         store, settings.data_dir, settings.model_repository, load_policies(settings.retrain_policies)
     )
 
+    drifting_since: dict[str, float] = {}
+
     def drifted_for_s(model: str) -> float:
-        return 0.0  # replaced below once drift monitoring is wired
+        """How long the model's drift alarm has held without a break (0 when it does not)."""
+        monitor = drift.get(model)
+        if monitor is None or monitor.report().get("status") != "drift":
+            drifting_since.pop(model, None)
+            return 0.0
+        return time.time() - drifting_since.setdefault(model, time.time())
 
     async def check_retrain_policies() -> None:
         """Start the retrains the policies call for; then look again every ``retrain_check_s``."""
@@ -192,8 +207,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.jobs = JobManager(settings, metrics, store)
         app.state.jobs.recover(catalog.models)  # jobs a previous process left: resumed or failed, never lost
         policy_checks = asyncio.create_task(check_retrain_policies())
+        for monitor in drift.values():
+            monitor.start()
         yield
         policy_checks.cancel()
+        for monitor in drift.values():
+            monitor.close()
         await app.state.jobs.shutdown()
         await catalog.close()
         store.close()
@@ -205,6 +224,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next):
+        """With keys on, every /v1 request needs a key allowed for its model and within its rate."""
+        path = request.url.path
+        if authenticator is not None and path.startswith("/v1/") and not path.endswith("/live"):
+            match = MODEL_PATH.match(path)
+            model = (
+                match.group(1)
+                if match
+                else (catalog.default_model if path.startswith(DEFAULT_ROUTES) else None)
+            )
+            header = Authenticator.key_from_headers(request.headers)
+            try:
+                info = await asyncio.to_thread(authenticator.authorize, header, model)
+            except AuthError as error:
+                return error_response(error.status_code, error.code, error.message, error.headers)
+            request.state.api_key_name = info.name
+        return await call_next(request)
 
     @app.middleware("http")
     async def time_requests(request: Request, call_next):
@@ -252,8 +290,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         metrics.frames.labels(served.name, "image").inc(len(results))
         metrics.predictions.labels(served.name, served_version).inc(len(results))
         metrics.inference_seconds.labels(served.name, served_version).observe(inferred - decoded)
-        for result in results:
+        monitor = drift.get(served.name)
+        for frame, result in zip(frames, results, strict=True):
             ab_tests.record(served.name, served_version, inferred - decoded, result.prediction)
+            if monitor is not None:  # queued for a worker thread: never slows the answer
+                monitor.observe(
+                    frame, drift_summary(result.prediction, contract.num_classes), subject_of(request)
+                )
         headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}", "X-Model-Version": served_version}
         answers = [
             _result_json(result, upload.filename, frame.shape, served, confidence)
@@ -355,6 +398,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         _add_batch_routes(app, name, catalog, settings, upload_batch, job_of, artifact_file, delete_job)
         _add_feedback_routes(app, name, contract, settings, feedback, kept_predictions, ab_tests)
         _add_retrain_routes(app, name, retrainer)
+        _add_drift_routes(app, name, drift)
         _add_model_routes(
             app, name, contract, catalog, settings, predict, upload_video, job_of, artifact_file, delete_job
         )
@@ -368,6 +412,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.api_route("/v1/models/{model}/ab", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/feedback", methods=["GET", "POST"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/retrain", methods=["GET", "POST"], include_in_schema=False)
+    @app.api_route("/v1/models/{model}/drift", methods=["GET"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/batches", methods=["POST"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/batches/{job_id}", methods=["GET", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/batches/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
@@ -456,13 +501,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         message = f"Triton at {settings.triton_grpc_url}: not ready for {', '.join(waiting)}{where}"
         return error_response(503, "triton_not_ready", message, {"Retry-After": "5"})
 
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}},
-    )
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:  # else served on its own port only (gateway.__main__), never publicly
+
+        @app.get(
+            "/metrics",
+            response_class=Response,
+            responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}},
+        )
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.metrics = metrics
 
     install_web(app, catalog, settings)  # the pages at /ui and the live-camera WebSocket
     return app
@@ -735,6 +784,11 @@ def _text(form, name: str) -> str | None:
     return value if isinstance(value, str) and value != "" else None
 
 
+class DriftReport(BaseModel):
+    model_config = {"extra": "allow"}
+    status: str
+
+
 class RetrainStatus(BaseModel):
     model_config = {"extra": "allow"}
     model: str
@@ -811,6 +865,65 @@ def _add_batch_routes(
         summary=f"{name}: download a finished batch's predictions",
         tags=tags,
     )(batch_artifact)
+
+
+def _add_drift_routes(app: FastAPI, name: str, drift: dict) -> None:
+    @app.get(
+        f"/v1/models/{name}/drift",
+        response_model=DriftReport,
+        responses=errors(404),
+        summary=f"{name}: the drift report (features, tests, verdict) of the recent window",
+        tags=[name],
+    )
+    async def drift_report() -> dict:
+        monitor = drift.get(name)
+        if monitor is None:
+            raise ApiError(
+                404, "no_drift_monitor", f"{name} is not monitored (no drift reference, or drift is off)"
+            )
+        return monitor.report()
+
+
+def _authenticator(settings: GatewaySettings, metrics: GatewayMetrics) -> Authenticator | None:
+    if not settings.auth_enabled:
+        return None
+    if not settings.api_keys_file:
+        raise ValueError("PRODSEG_AUTH_ENABLED is on but PRODSEG_API_KEYS_FILE names no key store")
+    return Authenticator(settings.api_keys_file, metrics.registry)
+
+
+def _drift_monitors(settings: GatewaySettings, catalog: ModelCatalog, metrics: GatewayMetrics) -> dict:
+    """A drift monitor per served model whose served version has a drift reference."""
+    monitors = {}
+    if not settings.drift_enabled:
+        return monitors
+    for name in catalog.contracts:
+        published, served = model_versions(name, settings.model_repository, settings.triton_config_name)
+        if not served:
+            continue
+        monitor = DriftMonitor.for_model(
+            name,
+            served[-1],
+            metrics.registry,
+            settings.model_repository,
+            window=settings.drift_window,
+            evaluate_every_s=settings.drift_evaluate_every_s,
+        )
+        if monitor is not None:
+            monitors[name] = monitor
+    return monitors
+
+
+def drift_summary(prediction, num_classes: int) -> dict:
+    """The plain output summary ``clients.drift`` takes, from a typed prediction (cheap enough for
+    the request path)."""
+    if isinstance(prediction, Segmentation):
+        mask = prediction.mask[::4, ::4]  # shares from every 16th pixel: the same to 3 decimals
+        counts = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
+        return {"class_shares": (counts / mask.size).tolist()}
+    if isinstance(prediction, Detections):
+        return {"count": len(prediction), "class_ids": prediction.class_id.tolist()}
+    return {"class_id": prediction.class_id, "confidence": prediction.confidence}
 
 
 def _add_retrain_routes(app: FastAPI, name: str, retrainer: Retrainer) -> None:

@@ -48,6 +48,16 @@ class GatewaySettings:
     keep_finished_jobs: int = field(default_factory=lambda: int(_env("KEEP_FINISHED_JOBS", "50")))
     # Predictions kept per model (with their images) so feedback can name one by id.
     kept_predictions: int = field(default_factory=lambda: int(_env("KEPT_PREDICTIONS", "64")))
+    # API keys (gateway/auth.py): off by default only on the embedded loopback stack; the chart turns
+    # them on. The key store holds salted hashes only (`prodseg keys create`).
+    auth_enabled: bool = field(default_factory=lambda: _flag("AUTH_ENABLED", "false"))
+    api_keys_file: str = field(default_factory=lambda: _env("API_KEYS_FILE", ""))
+    # When set, /metrics is served only on this port (not on the public one).
+    metrics_port: int = field(default_factory=lambda: int(_env("METRICS_PORT", "0")))
+    # Drift monitoring per model (gateway/drift.py) against each served version's drift_reference.json.
+    drift_enabled: bool = field(default_factory=lambda: _flag("DRIFT_ENABLED", "true"))
+    drift_window: int = field(default_factory=lambda: int(_env("DRIFT_WINDOW", "100")))
+    drift_evaluate_every_s: float = field(default_factory=lambda: float(_env("DRIFT_EVALUATE_EVERY_S", "30")))
     # A/B tests set by the deployment (the chart's models[].abTest): {"model": {"1": 50, "2": 50}}.
     # Every replica starts them, so a split holds across replicas; PUT /v1/models/{m}/ab changes one.
     ab_tests: str = field(default_factory=lambda: _env("AB_TESTS", ""))

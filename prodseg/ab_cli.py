@@ -3,12 +3,14 @@
 ``start`` makes Triton serve the versions side by side (``version_policy: specific``, written into the
 model's configs with the one config editor, then a reload) and asks the gateway to split traffic;
 ``report`` prints the gateway's per-version report; ``stop`` ends the split and serves one version;
-``promote`` stops the test and moves the ``production`` alias to the winner.
+``promote`` stops the test and moves the ``production`` alias to the winner. With API keys on, the
+key comes from ``PRODSEG_API_KEY``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -67,9 +69,15 @@ def reload_model(triton_http: str, model: str) -> None:
         raise RuntimeError(f"Triton at {triton_http} did not reload {model}: {response.text}")
 
 
+def _headers() -> dict[str, str]:
+    """The API key from ``PRODSEG_API_KEY``, for a gateway with keys on."""
+    key = os.environ.get("PRODSEG_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _gateway(method: str, url: str) -> dict:
     try:
-        response = httpx.request(method, url, timeout=30)
+        response = httpx.request(method, url, timeout=30, headers=_headers())
     except httpx.HTTPError as error:
         raise _fail(f"gateway: {error}") from error
     return _answer(response)
@@ -101,7 +109,9 @@ def start(
     except (ValueError, RuntimeError, config_text.ConfigTextError) as error:
         raise _fail(str(error)) from error
     try:
-        response = httpx.put(f"{gateway}/v1/models/{model}/ab", json={"weights": weights}, timeout=30)
+        response = httpx.put(
+            f"{gateway}/v1/models/{model}/ab", json={"weights": weights}, timeout=30, headers=_headers()
+        )
     except httpx.HTTPError as error:
         raise _fail(f"gateway: {error}") from error
     report = _answer(response)

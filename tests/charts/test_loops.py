@@ -323,3 +323,13 @@ def test_checkov_passes_on_the_loops_rendering(tools, tmp_path):
     summary = summaries(checkov(tools, "--directory", str(tmp_path), "--framework", "kubernetes"))
     assert summary["kubernetes"]["resource_count"] >= 30
     assert summary["kubernetes"]["failed"] == 0
+
+
+def test_notes_name_the_served_versions_and_the_split(tools, tmp_path):
+    from tests.charts.toolbox import render_notes
+
+    notes = render_notes([LOOPS], workdir=tmp_path)
+    assert "shelf_segmenter versions 1, 2" in notes
+    assert "A/B test: version 1 90% version 2 10%" in notes
+    assert "GET /v1/models/shelf_segmenter/ab" in notes
+    assert "mask_detector version 1 " in notes

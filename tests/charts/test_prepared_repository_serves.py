@@ -4,12 +4,15 @@ model's chosen variant is already its config.pbtxt). Only the pinned versions se
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from clients.contract import ModelContract
+from clients.triton_client import TritonModelClient
 from prodseg.triton_server import TritonServer
 from tests.charts.conftest import MODEL, SECOND
 from tests.charts.test_pod_scripts import prepare_models, sync_from_volume
@@ -94,3 +97,15 @@ def test_triton_serves_both_versions_of_an_ab_test_and_no_other(store, tmp_path)
             result = client.infer(MODEL, [images], model_version=version)
             assert result.get_response()["model_version"] == version
             assert result.as_numpy("masks").shape == (1, 384, 640)
+        # The gateway's own client, through gRPC's DNS resolver as the chart configures it
+        # (dns:///<headless Service>:8001; here a name resolving to this Triton).
+        port = server.grpc_url.rsplit(":", 1)[1]
+        asyncio.run(ask_each_version(f"dns:///localhost:{port}", frames))
+
+
+async def ask_each_version(url: str, frames: np.ndarray) -> None:
+    async with TritonModelClient(url, ModelContract.load(MODEL)) as client:
+        assert await client.served_versions() == ["1", "2"]
+        for version in ("1", "2"):
+            outputs, ran = await client.infer_versioned(frames, version)
+            assert ran == version and outputs["masks"].shape == (1, 384, 640)

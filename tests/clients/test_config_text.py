@@ -135,6 +135,32 @@ def test_pin_version_refuses_what_is_not_a_version(version):
         config_text.pin_version('name: "m"\n', version)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parts[-3]}/{p.parts[-2]}/{p.name}")
+def test_serve_versions_serves_both_sides_of_an_ab_test_and_changes_nothing_else(path: Path):
+    text = path.read_text()
+    served = config_text.serve_versions(text, [3, 1])
+    before, after = schema(text), schema(served)
+    assert list(after.version_policy.specific.versions) == [1, 3]  # ascending, whatever the order asked
+    assert without(after, "version_policy") == without(before, "version_policy")
+    assert comments(served) == comments(text)
+    # Back to one version (the A/B test ended) is the same edit as pin_version's.
+    assert config_text.serve_versions(served, [2]) == config_text.pin_version(text, 2)
+
+
+@pytest.mark.parametrize(
+    ("versions", "message"),
+    [
+        ([], "at least one version"),
+        ([1, 1], "distinct"),
+        ([1, 0], "integer >= 1"),
+        ([2, "3"], "integer >= 1"),
+    ],
+)
+def test_serve_versions_refuses_bad_version_lists(versions, message):
+    with pytest.raises(ConfigTextError, match=message):
+        config_text.serve_versions('name: "m"\n', versions)
+
+
 # --- TensorRT plans ---
 
 

@@ -1,7 +1,8 @@
 """Retraining, started by a policy per model or by hand, one run at a time per model.
 
 A policy fires when a model has gathered ``min_new_labels`` corrections since its newest version, or
-when its drift alarm has held for ``drift_sustained_s`` seconds; ``POST /v1/models/{model}/retrain``
+when its drift alarm has held for ``drift_sustained_s`` seconds (both off unless a policy file sets
+them, so a gateway never trains by surprise); ``POST /v1/models/{model}/retrain``
 starts a run by hand. A run is the training pipeline, launched:
 
 - ``subprocess`` (the default, embedded stack): the command, in its own session, its log in the data
@@ -41,8 +42,10 @@ PUBLISHED = re.compile(r"published (\S+) version (\d+)")
 
 @dataclass(frozen=True)
 class RetrainPolicy:
-    min_new_labels: int = 50  # 0: never by labels
-    drift_sustained_s: float = 6 * 3600  # 0: never by drift
+    """Off by default (manual only): a deployment names its triggers in PRODSEG_RETRAIN_POLICIES."""
+
+    min_new_labels: int = 0  # e.g. 50; 0: never by labels
+    drift_sustained_s: float = 0.0  # e.g. 6 * 3600; 0: never by drift
     config: str = ""  # "": the config in training/configs/ that names the model (see training_config)
     launcher: str = "subprocess"  # or "kubernetes"
     command: str = DEFAULT_COMMAND

@@ -294,9 +294,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         for frame, result in zip(frames, results, strict=True):
             ab_tests.record(served.name, served_version, inferred - decoded, result.prediction)
             if monitor is not None:  # queued for a worker thread: never slows the answer
-                monitor.observe(
-                    frame, drift_summary(result.prediction, contract.num_classes), subject_of(request)
-                )
+                # Uploaded images are independent scenes (source None); a video's frames are not.
+                monitor.observe(frame, drift_summary(result.prediction, contract.num_classes))
         headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}", "X-Model-Version": served_version}
         answers = [
             _result_json(result, upload.filename, frame.shape, served, confidence)

@@ -328,22 +328,25 @@ def read_crack_folder(root: Path, names: Sequence[str] | None = None) -> CrackFo
 
 
 def _by_stem(folder: Path, skipped: list[Skipped]) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    duplicates: set[str] = set()
+    """stem -> file of a folder; files with the same stem are ambiguous, so all of them are skipped."""
+    by_stem: dict[str, list[Path]] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        where = f"{folder.name}/{path.name}"
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(Skipped(where, f"not an image file ({', '.join(IMAGE_SUFFIXES)})"))
-        elif path.stem in found or path.stem in duplicates:
-            skipped.append(Skipped(where, f"another file in {folder.name}/ has the stem {path.stem!r}"))
-            duplicates.add(path.stem)
+            skipped.append(
+                Skipped(f"{folder.name}/{path.name}", f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
+            )
         else:
-            found[path.stem] = path
-    for stem in duplicates:  # ambiguous: which one is meant? skip both
-        skipped.append(
-            Skipped(f"{folder.name}/{found.pop(stem).name}", f"another file has the stem {stem!r}")
-        )
-    return found
+            by_stem.setdefault(path.stem, []).append(path)
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            for path in paths:
+                skipped.append(
+                    Skipped(
+                        f"{folder.name}/{path.name}", f"{names} in {folder.name}/ share the stem {stem!r}"
+                    )
+                )
+    return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
 
 
 def _read_pair(image_path: Path, mask_path: Path) -> tuple[CrackSample | None, str]:

@@ -111,11 +111,20 @@ class EngagementImage:
 def render_engagement(seed: int, height: int = 128, width: int = 128) -> EngagementImage:
     """One product photo with sampled properties, its rule score and its noisy label."""
     rng = np.random.default_rng(seed)
-    properties = PhotoProperties.sample(rng)
-    label = draw_label(properties, rng)
+    properties, label = _sample_label(rng)
     return EngagementImage(
         render_photo(properties, rng, height, width), label, properties.score(), properties
     )
+
+
+def sample_label(seed: int) -> tuple[PhotoProperties, int]:
+    """The properties and label :func:`render_engagement` draws for ``seed``, without rendering."""
+    return _sample_label(np.random.default_rng(seed))
+
+
+def _sample_label(rng: np.random.Generator) -> tuple[PhotoProperties, int]:
+    properties = PhotoProperties.sample(rng)
+    return properties, draw_label(properties, rng)
 
 
 def draw_label(properties: PhotoProperties, rng: np.random.Generator) -> int:

@@ -21,6 +21,7 @@ never called by the tests.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tomllib
@@ -103,20 +104,17 @@ def dump_job(job: Any, path: Path) -> Path:
     """
     import yaml
 
-    from training.datasets import replace_atomically
+    from clients.atomic import write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     command_job = job._to_job()  # the builder dumps as a component; the job is what `az ml` reads
     code = os.path.relpath(command_job.code, path.parent.resolve())
-
-    def write(tmp: Path) -> None:
-        command_job.dump(tmp)
-        data = yaml.safe_load(tmp.read_text())
-        data["code"] = code
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-
-    replace_atomically(path, write)
+    buffer = io.StringIO()
+    command_job.dump(buffer)
+    data = yaml.safe_load(buffer.getvalue())
+    data["code"] = code
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 

@@ -145,7 +145,10 @@ def synth_boxes(
         raise fail(str(error)) from None
     rows = len(csv_path.read_text().splitlines())
     console().print(f"wrote {count} images and {rows} boxes: {csv_path}")
-    console().print(f"try: prodseg bootstrap {csv_path} {out_dir / 'images'} DATASET_DIR --labeler box")
+    console().print(
+        f"try: prodseg bootstrap {csv_path} {out_dir / 'images'} DATASET_DIR "
+        "--model shelf_segmenter --labeler box"
+    )
 
 
 def _print_annotations(out: Console, summary: dict[str, Any], show: int) -> None:

@@ -10,6 +10,7 @@ scenes can be written to it (:func:`write_folder_dataset`) and SAM-bootstrapped 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from clients.atomic import atomic_path, write_text
+from clients.atomic import write_text
 from clients.labels import LabelMap
 from clients.masks import decode_mask_png, encode_mask_png
 from datagen.shelves import scene_seed
@@ -140,18 +141,27 @@ class ProceduralDataset:
 class BinaryFolderDataset:
     """A binary dataset in the public layout (masks 0/255 or 0/1), read by :mod:`datagen.cracks`.
 
-    Pairs that fail validation are skipped and listed in ``skipped`` with their reasons.
+    Every pair is validated once, when the folder is listed; pairs that fail are skipped and listed
+    in ``skipped`` with their reasons. :meth:`subset` makes a split without validating again.
     """
 
-    def __init__(self, root: Path, names: Sequence[str] | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         from datagen.cracks import read_crack_folder
 
         try:
-            self.folder = read_crack_folder(Path(root), names)
+            self.folder = read_crack_folder(Path(root))
         except ValueError as error:
             raise DatasetError(str(error)) from None
         self.names = self.folder.names
         self.num_classes = 2
+
+    def subset(self, names: Sequence[str]) -> BinaryFolderDataset:
+        unknown = sorted(set(names) - set(self.names))
+        if unknown:
+            raise DatasetError(f"{self.folder.root}: no valid image/mask pair named {_some(unknown)}")
+        split = copy.copy(self)
+        split.names = list(names)
+        return split
 
     @property
     def skipped(self) -> list[dict[str, str]]:
@@ -350,7 +360,7 @@ def build_splits(spec: DataSpec, height: int, width: int, labels: LabelMap) -> S
             raise DatasetError(f"data.mask_format binary needs 2 classes, but labels.txt has {labels.names}")
         everything = BinaryFolderDataset(spec.root)
         split_names = split_folder_names(everything.names, spec.seed, spec.val_fraction, spec.test_fraction)
-        splits = {split: BinaryFolderDataset(spec.root, split_names[split]) for split in SPLITS}
+        splits = {split: everything.subset(split_names[split]) for split in SPLITS}
         return Splits(**splits, skipped=everything.skipped)
     names = FolderDataset(spec.root, labels).names
     split_names = split_folder_names(names, spec.seed, spec.val_fraction, spec.test_fraction)
@@ -426,15 +436,6 @@ def atomic_directory(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(partial)``, then the partial file replaces ``path``: :func:`clients.atomic.atomic_path`.
-
-    Only for ``training/engine_build.py``, which is being replaced; new code uses clients.atomic.
-    """
-    with atomic_path(path) as partial:
-        write(partial)
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:

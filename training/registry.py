@@ -183,7 +183,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         card.get("training", {}),
     )
     rows = [
-        ("model", f"{card['model_name']} v{card['version']} ({card.get('task')})"),
+        (
+            "model",
+            f"{card['model_name']} v{card['version']}" + (f" ({card['task']})" if "task" in card else ""),
+        ),
         ("architecture", f"{card.get('architecture')} / {card.get('encoder')}"),
         ("parameters", f"{card.get('params', 0) / 1e6:.2f} M"),
         ("input", f"uint8 RGB [N, {card.get('input_height')}, {card.get('input_width')}, 3]"),

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from clients.atomic import atomic_path, write_bytes
 from clients.labels import LabelMap
 from clients.masks import encode_mask_png
-from training.datasets import replace_atomically, write_json_atomically
+from training.datasets import write_json_atomically
 from training.sku110k import Annotations, Box
 
 if TYPE_CHECKING:
@@ -122,7 +123,8 @@ def build_tiny_sam(checkpoint_path: Path) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         state = _tiny_sam().state_dict()
-    replace_atomically(checkpoint_path, lambda path: torch.save(state, path))
+    with atomic_path(checkpoint_path) as partial_file:
+        torch.save(state, partial_file)
     return checkpoint_path
 
 
@@ -372,10 +374,9 @@ def _write_image_outputs(
 ) -> None:
     """Image, mask, then provenance, each renamed into place: the provenance marks the image finished."""
     stem = Path(name).stem
-    replace_atomically(out_dir / "images" / name, partial(shutil.copyfile, source))
-    replace_atomically(
-        out_dir / "masks" / f"{stem}.png", lambda path: path.write_bytes(encode_mask_png(mask))
-    )
+    with atomic_path(out_dir / "images" / name) as partial_image:
+        shutil.copyfile(source, partial_image)
+    write_bytes(out_dir / "masks" / f"{stem}.png", encode_mask_png(mask))
     write_json_atomically(out_dir / "provenance" / f"{stem}.json", record)
 
 

@@ -15,6 +15,7 @@ from datagen.engagement import (
     render_engagement,
     render_photo,
     rule_scores,
+    sample_label,
 )
 from training.classification.metrics import roc_auc
 
@@ -74,3 +75,9 @@ def test_photos_have_the_properties_chosen_for_them() -> None:
     assert photo(exposure=0.35).mean() < 0.6 * photo().mean()  # under-exposed is darker
     grey = photo(saturation=0.0)
     assert np.abs(grey - grey.mean(axis=2, keepdims=True)).mean() < 8  # no colour: near grey
+
+
+def test_labels_can_be_drawn_without_rendering() -> None:
+    properties, label = sample_label(21)
+    sample = render_engagement(21, 32, 32)
+    assert (properties, label) == (sample.properties, sample.label)

@@ -11,6 +11,7 @@ from clients.labels import Label, LabelMap
 from clients.masks import read_mask_archive
 from clients.video import frames
 from datagen.shelves import (
+    SHELF_MODEL,
     Scene,
     render_pan_frames,
     render_scene,
@@ -20,7 +21,7 @@ from datagen.shelves import (
     write_pan_video,
 )
 
-LABELS = ModelContract.load().labels
+LABELS = ModelContract.load(SHELF_MODEL).labels
 BACKGROUND, PRODUCT, SHELF_EDGE, PRICE_TAG = (
     LABELS.index(name) for name in ("background", "product", "shelf_edge", "price_tag")
 )

@@ -8,8 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from clients.contract import default_repository
 from clients.labels import LabelMap
 from clients.masks import encode_mask_png
+from datagen.shelves import render_scene, scene_seed
 from training.datasets import (
     DatasetError,
     DataSpec,
@@ -19,7 +21,6 @@ from training.datasets import (
     build_splits,
     write_folder_dataset,
 )
-from datagen.shelves import render_scene, scene_seed
 
 H, W = 64, 96
 
@@ -48,13 +49,13 @@ def test_procedural_samples_are_deterministic_and_match_the_generator(labels: La
 
 
 def test_procedural_splits_share_no_scene(labels: LabelMap) -> None:
-    splits = build_splits(DataSpec(train=500, val=200, test=200, seed=5), H, W, labels)
+    splits = build_splits(DataSpec(generator="shelves", train=500, val=200, test=200, seed=5), H, W, labels)
     seeds = {name: set(getattr(splits, name).scene_seeds()) for name in ("train", "val", "test")}
     assert [len(s) for s in seeds.values()] == [500, 200, 200]
     assert not seeds["train"] & seeds["val"] and not seeds["train"] & seeds["test"]
     assert not seeds["val"] & seeds["test"]
     assert not np.array_equal(splits.val[0].image, splits.test[0].image)
-    other = build_splits(DataSpec(train=500, val=200, test=200, seed=6), H, W, labels)
+    other = build_splits(DataSpec(generator="shelves", train=500, val=200, test=200, seed=6), H, W, labels)
     assert not seeds["test"] & set(other.test.scene_seeds()), "another seed gives another test set"
 
 
@@ -136,17 +137,19 @@ def test_folder_splits_are_deterministic_disjoint_and_complete(tmp_path: Path, l
 
 
 def test_dataspec_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
-    assert DataSpec.from_dict({}) == DataSpec()
+    assert DataSpec.from_dict({"generator": "cracks"}) == DataSpec(generator="cracks")
     with pytest.raises(ValueError, match="must be a mapping, got NoneType"):
         DataSpec.from_dict(None)  # an empty `data:` section in YAML
     with pytest.raises(ValueError, match=r"unknown data key\(s\) \['trian'\]"):
         DataSpec.from_dict({"trian": 10})
     bad = [
+        ({}, "data.generator must be one of"),  # procedural data names its generator: no default
         ({"kind": "sqlite"}, "data.kind"),
         ({"kind": "folder"}, "data.root is required"),
         ({"root": str(tmp_path)}, "only used when data.kind is 'folder'"),
-        ({"train": 0}, "data.train must be an integer >= 1"),
-        ({"val": 2.5}, "data.val must be an integer"),
+        ({"generator": "shelves", "train": 0}, "data.train must be an integer >= 1"),
+        ({"generator": "shelves", "val": 2.5}, "data.val must be an integer"),
+        ({"kind": "folder", "root": "x", "generator": "cracks"}, "only used when data.kind is 'procedural'"),
         ({"kind": "folder", "root": 5}, "data.root must be a path"),
         (
             {"kind": "folder", "root": "x", "val_fraction": 1.5},
@@ -172,3 +175,42 @@ def test_dotfiles_are_ignored(tmp_path: Path, labels: LabelMap) -> None:
     (tmp_path / "masks" / ".b.png.123.partial").write_bytes(b"half a mask")
     (tmp_path / "images" / "._a.jpg").write_bytes(b"macOS resource fork")
     assert FolderDataset(tmp_path, labels).names == ["a"]
+
+
+def write_binary_pairs(root: Path) -> None:
+    """A crack dataset in the public layout: two good pairs (0/255 PNG, 0/1 PNG) and bad ones."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image = np.full((8, 12, 3), 120, np.uint8)
+    mask = np.zeros((8, 12), np.uint8)
+    mask[3, 2:10] = 1
+    for name, values in (("good255", mask * 255), ("good01", mask)):
+        cv2.imwrite(str(root / "images" / f"{name}.jpg"), image)
+        cv2.imwrite(str(root / "masks" / f"{name}.png"), values)
+    cv2.imwrite(str(root / "images" / "grey.png"), image)
+    cv2.imwrite(str(root / "masks" / "grey.png"), mask * 128)  # not binary
+    cv2.imwrite(str(root / "images" / "lonely.png"), image)  # no mask
+
+
+def test_binary_folders_skip_bad_pairs_and_report_them(tmp_path: Path) -> None:
+    write_binary_pairs(tmp_path)
+    labels = LabelMap.from_file(default_repository() / "crack_segmenter" / "labels.txt")
+    spec = DataSpec.from_dict(
+        {
+            "kind": "folder",
+            "root": str(tmp_path),
+            "mask_format": "binary",
+            "val_fraction": 0,
+            "test_fraction": 0,
+        }
+    )
+    splits = build_splits(spec, H, W, labels)
+    assert splits.train.names == ["good01", "good255"] and len(splits.val) == len(splits.test) == 0
+    assert {tuple(skip.values()) for skip in splits.skipped} == {
+        ("images/grey.png", "mask grey.png is not binary: values [128] besides 0/1 or 0/255"),
+        ("images/lonely.png", "no mask with this stem in masks/"),
+    }
+    for sample in (splits.train[0], splits.train[1]):
+        assert sample.mask.dtype == np.uint8 and set(np.unique(sample.mask)) == {0, 1}
+    with pytest.raises(DatasetError, match="mask_format binary needs 2 classes"):
+        build_splits(spec, H, W, LabelMap.from_file(default_repository() / "shelf_segmenter" / "labels.txt"))

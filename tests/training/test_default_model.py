@@ -61,11 +61,12 @@ def test_build_default_model_tiny(repository: Path) -> None:
         "classes", "data", "training", "evaluation", "parity", "versions", "created",
     }  # fmt: skip
     assert required <= card.keys()
-    assert card["classes"] == ModelContract.load(repository).labels.names
+    assert card["classes"] == ModelContract.load("shelf_segmenter", repository).labels.names
+    assert card["task"] == "segmentation" and card["data"]["generator"] == "shelves"
     assert {"seed", "train", "val"} <= card["data"].keys()
     assert {"steps", "batch_size", "train_s"} <= card["training"].keys()
     assert {"miou", "per_class_iou"} <= card["evaluation"].keys() and card["evaluation"]["images"] == 2
-    assert card["parity"]["onnxruntime"] >= 0.999 and 0 <= card["parity"]["openvino"] <= 1
+    assert card["parity"]["onnxruntime"] >= 0.999 and 0 <= card["parity"]["served"] <= 1
     assert {"torch", "segmentation_models_pytorch", "onnx"} <= card["versions"].keys()
     published = repository / "shelf_segmenter" / "1"
     assert json.loads((published / "model_card.json").read_text()) == card

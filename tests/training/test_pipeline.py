@@ -172,6 +172,7 @@ def test_the_crack_config_runs_the_same_pipeline(tmp_path: Path) -> None:
         "gate": {"min_served_agreement": 0.0, "max_regression": 1.0},
         "publish": {"repository": str(tmp_path / "repo")},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "input_size": [64, 64],
     }
     make_repository(tmp_path / "repo", size=(64, 64), model=CRACKS)
     result = run_pipeline(config_from_dict(raw, "crack.yaml"), tmp_path / "run")

@@ -30,9 +30,9 @@ def repository(tmp_path: Path) -> Path:
 
 
 def test_scratch_repository_has_the_small_contract(repository: Path) -> None:
-    contract = ModelContract.load(repository)
+    contract = ModelContract.load(MODEL, repository)
     assert (contract.height, contract.width) == (96, 160)
-    assert contract.labels == ModelContract.load().labels
+    assert contract.labels == ModelContract.load(MODEL).labels
 
 
 def test_publish_writes_next_version_and_never_overwrites(repository: Path, tmp_path: Path) -> None:
@@ -42,13 +42,13 @@ def test_publish_writes_next_version_and_never_overwrites(repository: Path, tmp_
     second.write_bytes(b"second")
     extra.write_text("<net/>")
 
-    assert registry.publish(first, {"note": "a"}, repository) == 1
-    assert registry.publish(second, {"note": "b"}, repository, extra_files=[extra]) == 2
+    assert registry.publish(first, {"note": "a"}, repository, MODEL) == 1
+    assert registry.publish(second, {"note": "b"}, repository, MODEL, extra_files=[extra]) == 2
 
     assert (model_dir / "1" / "model.onnx").read_bytes() == b"first"
     assert (model_dir / "2" / "model.onnx").read_bytes() == b"second"
     assert (model_dir / "2" / "model.xml").read_text() == "<net/>"
-    card = registry.read_card(repository, 2)
+    card = registry.read_card(repository, 2, MODEL)
     assert card["version"] == 2 and card["note"] == "b" and card["model_name"] == MODEL
     assert "| model | shelf_segmenter v2 |" in (model_dir / "2" / "MODEL_CARD.md").read_text()
     link = model_dir / "1" / "model.py"
@@ -56,8 +56,8 @@ def test_publish_writes_next_version_and_never_overwrites(repository: Path, tmp_
     assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".publish")]  # no staging left
 
     (model_dir / "7").mkdir()  # a gap in numbering: the next is after the highest
-    assert registry.publish(first, {}, repository) == 8
-    assert registry.versions(repository) == [1, 2, 8]  # 7 has no card: not a published version
+    assert registry.publish(first, {}, repository, MODEL) == 8
+    assert registry.versions(repository, MODEL) == [1, 2, 8]  # 7 is empty: not a published version
 
 
 def test_publish_needs_a_model_config(tmp_path: Path) -> None:
@@ -106,18 +106,18 @@ def test_promote_and_rollback_move_the_alias_and_the_served_configs(repository: 
         publish_dummy(repository, note)
     assert served_versions(repository)["config.pbtxt"] == "latest"
 
-    first = registry.promote(repository, 1)
+    first = registry.promote(repository, MODEL, 1)
     assert (first.alias, first.previous, first.version) == ("production", None, 1)
     assert sorted(first.configs) == ["config.pbtxt", "configs/cpu.pbtxt", "configs/gpu.pbtxt"]
     assert set(map(tuple, served_versions(repository).values())) == {(1,)}
 
-    registry.promote(repository, "latest")
-    assert registry.alias_version(repository, "production") == 3
+    registry.promote(repository, MODEL, "latest")
+    assert registry.alias_version(repository, "production", MODEL) == 3
     assert set(map(tuple, served_versions(repository).values())) == {(3,)}
     assert comment in (model_dir / "configs" / "cpu.pbtxt").read_text()  # human comments survive
-    assert ModelContract.load(repository).height == 96  # the contract still parses, unchanged
+    assert ModelContract.load(MODEL, repository).height == 96  # the contract still parses, unchanged
 
-    back = registry.rollback(repository)
+    back = registry.rollback(repository, MODEL)
     assert (back.previous, back.version) == (3, 1)
     assert set(map(tuple, served_versions(repository).values())) == {(1,)}
     aliases = json.loads((model_dir / "aliases.json").read_text())["production"]
@@ -128,43 +128,43 @@ def test_promote_and_rollback_move_the_alias_and_the_served_configs(repository: 
         ("rollback", 3, 1),
     ]
     with pytest.raises(RegistryError, match="no earlier version to roll back to"):
-        registry.rollback(repository)
+        registry.rollback(repository, MODEL)
 
 
 def test_other_aliases_leave_the_served_configs_alone(repository: Path) -> None:
     publish_dummy(repository, "a")
     before = (repository / MODEL / "config.pbtxt").read_text()
-    change = registry.promote(repository, 1, alias="staging")
-    assert change.configs == [] and registry.resolve(repository, "staging") == 1
+    change = registry.promote(repository, MODEL, 1, alias="staging")
+    assert change.configs == [] and registry.resolve(repository, "staging", MODEL) == 1
     assert (repository / MODEL / "config.pbtxt").read_text() == before
 
 
 def test_bad_references_are_registry_errors(repository: Path) -> None:
     with pytest.raises(RegistryError, match="no published version"):
-        registry.promote(repository, "latest")
+        registry.promote(repository, MODEL, "latest")
     publish_dummy(repository, "a")
     with pytest.raises(RegistryError, match="version 4 is not published"):
-        registry.promote(repository, 4)
+        registry.promote(repository, MODEL, 4)
     with pytest.raises(RegistryError, match="no alias 'canary'"):
-        registry.promote(repository, "canary")
+        registry.promote(repository, MODEL, "canary")
     with pytest.raises(RegistryError, match="no alias 'production' to roll back"):
-        registry.rollback(repository)
+        registry.rollback(repository, MODEL)
     assert not (repository / MODEL / "aliases.json").exists()  # failed operations wrote nothing
 
 
 def test_baseline_prefers_the_alias_then_the_latest(repository: Path) -> None:
-    assert registry.baseline(repository, "production") is None
+    assert registry.baseline(repository, "production", MODEL) is None
     for note in ("a", "b"):
         publish_dummy(repository, note)
-    assert registry.baseline(repository, "production") == (2, None)
-    registry.promote(repository, 1)
-    assert registry.baseline(repository, "production") == (1, "production")
+    assert registry.baseline(repository, "production", MODEL) == (2, None)
+    registry.promote(repository, MODEL, 1)
+    assert registry.baseline(repository, "production", MODEL) == (1, "production")
 
 
 def test_a_triton_that_does_not_answer_is_reported(repository: Path) -> None:
     publish_dummy(repository, "a")
     with pytest.raises(RegistryError, match="configs updated, but Triton at 127.0.0.1:9 did not reload"):
-        registry.promote(repository, 1, triton_url="127.0.0.1:9")
+        registry.promote(repository, MODEL, 1, triton_url="127.0.0.1:9")
     assert served_versions(repository)["config.pbtxt"] == [1]
 
 

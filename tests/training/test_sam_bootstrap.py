@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from clients.labels import LabelMap
+from tests.training.helpers import MODEL
 from training.datasets import FolderDataset
 from training.sam_bootstrap import BootstrapError, bootstrap_masks, load_sam
 from training.sku110k import Annotations, read_annotations
@@ -163,17 +164,21 @@ def test_wrong_sam_type_names_the_file_and_both_types(tmp_path: Path, tiny_sam: 
 
 def test_bootstrap_command(tmp_path: Path, sku_dir: Path, tiny_sam: Path, prodseg, labels: LabelMap) -> None:
     csv_path, images = str(sku_dir / "annotations.csv"), str(sku_dir / "images")
-    result = prodseg("bootstrap", csv_path, images, str(tmp_path / "box"), "--labeler", "box")
+    result = prodseg(
+        "bootstrap", csv_path, images, str(tmp_path / "box"), "--model", MODEL, "--labeler", "box"
+    )
     assert result.returncode == 0, result.stderr
     assert "labelled 3 images (0 already done)" in result.stderr
     assert len(FolderDataset(tmp_path / "box", labels)) == 3
 
     args = ["--checkpoint", str(tiny_sam), "--model-type", "tiny", "--box-batch", "16"]
-    result = prodseg("bootstrap", csv_path, images, str(tmp_path / "sam"), *args)
+    result = prodseg("bootstrap", csv_path, images, str(tmp_path / "sam"), "--model", MODEL, *args)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "sam" / "bootstrap_report.json").read_text())["model_type"] == "tiny"
 
-    result = prodseg("bootstrap", csv_path, images, str(tmp_path / "bad"), "--checkpoint", str(tiny_sam))
+    result = prodseg(
+        "bootstrap", csv_path, images, str(tmp_path / "bad"), "--model", MODEL, "--checkpoint", str(tiny_sam)
+    )
     assert result.returncode == 2
     assert f"error: {tiny_sam} is a SAM tiny checkpoint, but model type vit_b was asked for" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from clients.labels import LabelMap
+from datagen.shelves import render_scene, scene_seed
 from training.datasets import DatasetError
 from training.sku110k import COLUMNS, Box, read_annotations, write_sku110k_from_synth
-from datagen.shelves import render_scene, scene_seed
 
 
 @pytest.fixture

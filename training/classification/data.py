@@ -17,6 +17,7 @@ their data from the report instead of guessing:
 from __future__ import annotations
 
 import csv
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,7 +323,14 @@ def make_splits(
             )
         seeds = {"train": spec.seed, "val": spec.seed + 1_000_003, "test": spec.seed + 2_000_006}
         splits = {name: procedural(spec.generator, getattr(spec, name), seeds[name], size) for name in SPLITS}
-        report: dict[str, Any] = {"source": f"datagen.{spec.generator}", "seeds": seeds}
+        # The generator's docstring says what the classes look like and, for engagement, the
+        # labelling rule: it travels with the data report into the model card.
+        module = importlib.import_module(f"datagen.{spec.generator}")
+        report: dict[str, Any] = {
+            "source": f"datagen.{spec.generator}",
+            "seeds": seeds,
+            "generator_doc": (module.__doc__ or "").strip(),
+        }
     else:
         root = Path(spec.root)
         if root.suffix.lower() == ".csv":
@@ -382,6 +390,8 @@ class Augment:
     """
 
     hflip: float = 0.5
+    vflip: float = 0.0
+    transpose: float = 0.0  # swap rows and columns; square inputs only
     crop: tuple[int, int] = (10_000, 10_000)
     brightness: float = 0.0
     contrast: float = 0.0
@@ -409,5 +419,13 @@ def sample_batch(
     if augment.hflip:
         flip = rng.random(batch_size) < augment.hflip
         images[flip] = images[flip, :, ::-1]
+    if augment.vflip:
+        flip = rng.random(batch_size) < augment.vflip
+        images[flip] = images[flip, ::-1]
+    if augment.transpose:
+        if height != width:
+            raise ValueError(f"augment.transpose needs a square input, got {height}x{width}")
+        swap = rng.random(batch_size) < augment.transpose
+        images[swap] = images[swap].transpose(0, 2, 1, 3)
     photometric(images, augment, rng)  # brightness, contrast, JPEG: pixels only
     return images, labels

@@ -69,11 +69,23 @@ class ClassificationEvaluation:
         return numbers
 
     def to_dict(self) -> dict[str, Any]:
+        """Headline numbers flat (as model cards list them: scores, then ``per_class_<metric>``
+        mappings), then the details: per-class rows, confusion matrix, binary curves' summary."""
+        per_class = self.report["per_class"]
+        flat: dict[str, Any] = {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
+        if self.binary:
+            flat |= {key: self.binary[key] for key in ("roc_auc", "average_precision", "threshold")} | {
+                "accuracy_at_threshold": self.binary["at_threshold"]["accuracy"]
+            }
+        for metric in ("precision", "recall", "f1"):
+            flat[f"per_class_{metric}"] = {name: row[metric] for name, row in per_class.items()}
         return {
             "images": self.images,
             "engine": self.engine,
             "classes": list(self.class_names),
-            **self.report,
+            **flat,
+            "per_class": per_class,
+            "confusion_matrix": self.report["confusion_matrix"],
             "binary": self.binary,
             "plots": self.plots,
         }

@@ -254,7 +254,7 @@ def _voc_object(
         return f"empty box: xmin {x1:g} >= xmax {x2:g} or ymin {y1:g} >= ymax {y2:g}"
     if x1 < -1 or y1 < -1 or x2 > width + 1 or y2 > height + 1:
         return f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) outside the {width}x{height} image"
-    return classes.index(name) if isinstance(classes, list) else list(classes).index(name), [
+    return list(classes).index(name), [
         max(0.0, x1),
         max(0.0, y1),
         min(float(width), x2),

@@ -4,8 +4,9 @@
         --out benchmarks/results/mask_detector_training.json
 
 Latency is batch 1 on a held-out scene at the model's input size, for ONNX Runtime (fp32) and
-OpenVINO (its CPU default precision), each with all cores, after warm-up: the bare engines Triton's
-python backend wraps. Absolute numbers move with the machine's load: compare within one run.
+OpenVINO (its CPU default precision), with all threads and with one, after warm-up: the bare engines
+Triton's python backend wraps. Wall-clock numbers move with the machine's load (recorded beside them);
+the CPU time per call of the one-thread engines is the steadier figure on a shared machine.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def build_report(run_dir: Path, repository: Path | None = None, repeats: int = 3
     contract = ModelContract.load("mask_detector", repository)
     image = contract.to_model_input(render_faces(scene_seed("test", 0), split="test").image)
     latency = {
-        engine: latency_ms(engine_predictor(run_dir / "model.onnx", engine), image, repeats)
+        f"{engine}_{threads or 'all'}_threads": latency_ms(
+            engine_predictor(run_dir / "model.onnx", engine, threads), image, repeats
+        )
         for engine in ("onnxruntime", "openvino")
+        for threads in (0, 1)
     }
     return {
         "model": "mask_detector",
@@ -61,6 +65,8 @@ def build_report(run_dir: Path, repository: Path | None = None, repeats: int = 3
                 "train_s",
                 "images_per_s",
                 "train_images",
+                "stopped_by",
+                "schedule_note",
                 "params",
                 "final_loss",
                 "bf16",

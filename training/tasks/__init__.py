@@ -34,7 +34,8 @@ Methods (``config`` is :class:`training.config.PipelineConfig`, ``contract`` the
    procedural with a ``generator`` name from ``datagen``, or ``folder`` with ``root``), plus a
    JSON-able report (sizes, skipped files with reasons). ``work_dir`` is the run directory's
    scratch space (e.g. bootstrapped labels). A dataset is any ``len()``/``[i]`` sequence of the
-   task's samples; the adapter alone reads them.
+   task's samples; each sample has an ``image`` (RGB uint8 ``[H, W, 3]``, any size: parity reads
+   it), everything else only the adapter reads.
 3. :meth:`build_model` (spec, contract) -> ``torch.nn.Module``: the trainable network with random
    or local weights (``spec.encoder_weights``), taking normalised float ``[N, 3, H, W]`` (see
    :class:`training.export.ServingModel`, which adds the uint8 -> float step in the graph) and
@@ -71,7 +72,8 @@ Methods (``config`` is :class:`training.config.PipelineConfig`, ``contract`` the
 11. :meth:`card` (evaluation) -> dict: optional extra fields for the model card (default: none).
 
 Shared helpers for adapters: :func:`photometric` (brightness/contrast jitter and JPEG round
-trips, in place) and :class:`Check`.
+trips, in place) and :class:`Check`. Shared tests: subclass ``AdapterTester`` from
+``tests/training/adapter_testers.py`` (``tests/training/test_segmentation_adapter.py`` shows how).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ training/configs/returns_classifier.yaml`` runs them through the one pipeline. C
   ``kind: folder`` with ``root``: an ImageFolder (``<split>/<class>/`` or ``<class>/``) or a CSV
   file of ``image,label`` (images relative to the CSV's folder);
 - ``augment``: ``crop`` is the smallest random crop resized back to the input (at or above the input
-  size: off), ``hflip``, and the shared photometric jitter;
+  size: off), ``hflip``, ``vflip``, ``transpose`` (square inputs), and the shared photometric jitter;
 - ``loss``: ``label_smoothing``; ``gate``: ``min_accuracy``, ``min_macro_f1``, ``min_roc_auc``
   (binary models), ``min_class_f1`` per class name.
 
@@ -30,6 +30,7 @@ import numpy as np
 from clients.contract import ModelContract, Task
 from training.classification import data as classification_data
 from training.classification.evaluate import ClassificationEvaluation, Floors, evaluate, gate_checks
+from training.classification.model import SoftmaxHead, build_backbone
 from training.tasks import Check, DataSplits, Outputs, Predictor, TaskAdapter, register
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ class ClassificationAdapter(TaskAdapter):
     def build_model(self, spec: ModelSpec, contract: ModelContract) -> torch.nn.Module:
         import torch
 
-        from training.classification.model import build_backbone
-
         model = build_backbone(spec.encoder, contract.num_classes, spec.options)
         if spec.encoder_weights is not None:
             model.load_state_dict(torch.load(spec.encoder_weights, map_location="cpu", weights_only=True))
@@ -133,8 +132,6 @@ class ClassificationAdapter(TaskAdapter):
         return loss
 
     def serving_head(self, contract: ModelContract) -> torch.nn.Module:
-        from training.classification.model import SoftmaxHead
-
         return SoftmaxHead()
 
     def agreement(self, reference: Outputs, candidate: Outputs) -> tuple[int, int]:

@@ -140,3 +140,9 @@ def test_batches_augment_only_when_asked() -> None:
     batch, labels = sample_batch(data, augment, 8, np.random.default_rng(2))
     assert batch.shape == (8, 16, 16, 3) and batch.dtype == np.uint8
     assert not all(np.array_equal(image, images[label]) for image, label in zip(batch, labels, strict=True))
+    # Vertical flips and transposes, as the pipeline's augment section allows.
+    batch, labels = sample_batch(
+        data, Augment(hflip=0.0, vflip=1.0, transpose=1.0), 4, np.random.default_rng(3)
+    )
+    for image, label in zip(batch, labels, strict=True):
+        assert np.array_equal(image, images[label][::-1].transpose(1, 0, 2))

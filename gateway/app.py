@@ -211,6 +211,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             monitor.start()
         yield
         policy_checks.cancel()
+        retrainer.stop_all()
         for monitor in drift.values():
             monitor.close()
         await app.state.jobs.shutdown()

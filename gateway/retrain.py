@@ -18,7 +18,6 @@ gateway store, so their status survives a restart.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 from clients.repository import versions
 from gateway.errors import ApiError
 from gateway.store import GatewayStore
+from prodseg.processes import start_child, stop_process_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COMMAND = (
@@ -135,14 +135,9 @@ class Retrainer:
             if result.returncode != 0:
                 raise ApiError(502, "retrain_not_started", f"kubectl create failed: {result.stderr.strip()}")
         else:
-            with open(log_path, "wb") as log:
-                process = subprocess.Popen(
-                    shlex.split(command),
-                    cwd=PROJECT_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a training run is not killed with a request
-                )
+            # Its own process group (stopped as a whole), and it dies with the gateway: a run the
+            # gateway can no longer follow would publish behind everyone's back.
+            process = start_child(shlex.split(command), log_path, cwd=PROJECT_ROOT)
             self._processes[model] = process
             run.pid = process.pid
         run.log = str(log_path)
@@ -166,10 +161,9 @@ class Retrainer:
         return (self.repository / model / str(found[-1])).stat().st_mtime if found else 0.0
 
     def stop_all(self) -> None:
-        """Runs are independent of the gateway's life, but not of a test's: used on shutdown in tests."""
-        for process in self._processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, 15)
+        """Stop the runs this gateway started (on shutdown); the store records them as failed."""
+        running = [process for process in self._processes.values() if process.poll() is None]
+        stop_process_groups(running, timeout_s=10.0)
 
     def _save(self, run: RetrainRun) -> None:
         self.store.put_state(f"retrain:{run.model}", asdict(run))

@@ -6,6 +6,8 @@ every test that needs it, and both are stopped by PID when the session ends.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +69,13 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
 
 @pytest.fixture(scope="session")
 def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
-    process = GatewayProcess(
-        triton.grpc_url, data_dir=tmp_path_factory.mktemp("gateway-data"), env=serving_env(triton)
-    )
+    # POST /v1/models/{m}/retrain (schemathesis calls it) runs a stand-in, never a real training run
+    # into this checkout's repository; tests/gateway/test_retrain.py covers real runs in scratch ones.
+    policies = tmp_path_factory.mktemp("retrain") / "policies.json"
+    stand_in = f"{sys.executable} -c \"print('stand-in training run (tests): nothing is trained')\""
+    policies.write_text(json.dumps({"*": {"command": stand_in}}))
+    env = serving_env(triton) | {"PRODSEG_RETRAIN_POLICIES": str(policies)}
+    process = GatewayProcess(triton.grpc_url, data_dir=tmp_path_factory.mktemp("gateway-data"), env=env)
     process.start()
     yield process
     process.stop()

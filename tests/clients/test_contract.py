@@ -141,7 +141,17 @@ def test_the_repository_holds_only_valid_models_with_their_own_variants():
         cpu = read_model_config(model_dir / "configs" / "cpu.pbtxt")
         assert cpu.backend == "python" and cpu.parameters["engine"].string_value == "openvino"
         assert (model_dir / "model.py").resolve() == (REPOSITORY / "onnx_runner.py").resolve()
-        assert versions(model_dir), f"{model_dir.name} has no published version"
+
+
+def test_the_chart_deploys_exactly_the_published_models():
+    import yaml
+
+    values = yaml.safe_load((REPOSITORY.parent / "charts" / "prodsegmenter" / "values.yaml").read_text())
+    published = {d.name for d in MODEL_DIRS if versions(d)}
+    assert {"shelf_segmenter", "crack_segmenter", "mask_detector"} <= published
+    assert {m["name"] for m in values["models"]} == published
+    for entry in values["models"]:
+        assert entry["version"] in versions(REPOSITORY / entry["name"]), entry
 
 
 def test_the_gpu_configs_use_tensorrt_on_gpus():

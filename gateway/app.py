@@ -907,6 +907,7 @@ def _drift_monitors(settings: GatewaySettings, catalog: ModelCatalog, metrics: G
             metrics.registry,
             settings.model_repository,
             window=settings.drift_window,
+            sample_every=settings.drift_sample_every,
             evaluate_every_s=settings.drift_evaluate_every_s,
         )
         if monitor is not None:

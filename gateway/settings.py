@@ -57,6 +57,9 @@ class GatewaySettings:
     # Drift monitoring per model (gateway/drift.py) against each served version's drift_reference.json.
     drift_enabled: bool = field(default_factory=lambda: _flag("DRIFT_ENABLED", "true"))
     drift_window: int = field(default_factory=lambda: int(_env("DRIFT_WINDOW", "100")))
+    # One request in N feeds the window: the features cost ~5 ms of CPU each in a worker thread,
+    # which on a small node competes with serving (benchmarks/results/suite.json, image_route_drift).
+    drift_sample_every: int = field(default_factory=lambda: int(_env("DRIFT_SAMPLE_EVERY", "2")))
     drift_evaluate_every_s: float = field(default_factory=lambda: float(_env("DRIFT_EVALUATE_EVERY_S", "30")))
     # A/B tests set by the deployment (the chart's models[].abTest): {"model": {"1": 50, "2": 50}}.
     # Every replica starts them, so a split holds across replicas; PUT /v1/models/{m}/ab changes one.

@@ -19,7 +19,11 @@ MODEL = "shelf_segmenter"
 def test_darkened_images_raise_the_drift_alarm(triton, tmp_path):
     from datagen.shelves import render_scene
 
-    env = serving_env(triton) | {"PRODSEG_DRIFT_WINDOW": "40", "PRODSEG_DRIFT_EVALUATE_EVERY_S": "0.3"}
+    env = serving_env(triton) | {
+        "PRODSEG_DRIFT_WINDOW": "40",
+        "PRODSEG_DRIFT_EVALUATE_EVERY_S": "0.3",
+        "PRODSEG_DRIFT_SAMPLE_EVERY": "1",
+    }
     gateway = GatewayProcess(triton.grpc_url, data_dir=tmp_path / "data", env=env).start()
     try:
         with httpx.Client(base_url=gateway.url, timeout=60) as client:

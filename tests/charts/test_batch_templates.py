@@ -50,7 +50,7 @@ def test_nightly_cronjob_runs_the_batch_command_against_the_in_cluster_triton(to
     script = container["args"][0]
     assert "python -m prodseg.cli batch run" in script and "merge" not in script
     env = env_of(container)
-    assert env["BATCH_MODEL"] == "returns_classifier"
+    assert env["BATCH_MODEL"] == "shelf_segmenter"
     # The same Triton address as the gateway's (the chart's one helper), in-cluster:
     gateway = one(objects, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
     assert env["PRODSEG_TRITON_GRPC_URL"] == env_of(gateway)["PRODSEG_TRITON_GRPC_URL"]

@@ -97,13 +97,17 @@ def test_the_hpa_metric_is_recorded_per_pod(prometheus, traffic):
 
 
 def test_throughput_and_batch_size_are_recorded(prometheus, traffic):
+    # Triton serves every model; this traffic goes to the shelf model (the others' rates are 0).
+    shelf = '{model="shelf_segmenter"}'
     (fps,) = wait_for_series(
-        prometheus, "prodseg:triton_inferences_per_second:rate1m", accept=lambda v: v > 0
+        prometheus, f"prodseg:triton_inferences_per_second:rate1m{shelf}", accept=lambda v: v > 0
     )
     assert fps["metric"]["model"] == "shelf_segmenter"
-    (batch,) = wait_for_series(prometheus, "prodseg:triton_batch_size:avg1m", accept=lambda v: v >= 1)
+    (batch,) = wait_for_series(prometheus, f"prodseg:triton_batch_size:avg1m{shelf}", accept=lambda v: v >= 1)
     assert float(batch["value"][1]) <= 16  # cpu.pbtxt's max_batch_size
-    wait_for_series(prometheus, "prodseg:triton_compute_time_per_request_us:rate1m", accept=lambda v: v > 0)
+    wait_for_series(
+        prometheus, f"prodseg:triton_compute_time_per_request_us:rate1m{shelf}", accept=lambda v: v > 0
+    )
     # Other tests may have run video jobs through the shared gateway earlier: look at this traffic's source.
     (frames,) = wait_for_series(
         prometheus, 'prodseg:gateway_frames_per_second:rate1m{source="image"}', accept=lambda v: v > 0

@@ -729,6 +729,9 @@ def _add_feedback_routes(
             form = await request.form(max_files=2, max_fields=8)
         except Exception as error:  # malformed multipart
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {error}") from error
+        empty = [name for name in ("prediction_id", "verdict", "boxes", "label") if form.get(name) == ""]
+        if empty:
+            raise ApiError(422, "invalid_feedback", f"{empty[0]}: empty; leave the field out instead")
         prediction_id = _text(form, "prediction_id")
         if prediction_id:
             kept_prediction = kept.get(name, prediction_id)

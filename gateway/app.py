@@ -298,6 +298,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 # Uploaded images are independent scenes (source None); a video's frames are not.
                 monitor.observe(frame, drift_summary(result.prediction, contract.num_classes))
         headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}", "X-Model-Version": served_version}
+        if contract.task == Task.SEGMENTATION and len(results) == 1 and format != "json":
+            # The PNG answer: keep only the class shares for feedback, not a full RLE nobody reads.
+            frame, data = decoded_uploads[0]
+            kept = results[0].prediction.summary(contract.labels)
+            headers["X-Labels"] = ",".join(contract.labels.names)
+            headers["X-Prediction-Id"] = kept_predictions.keep(
+                served.name, served_version, data, frame.shape, kept
+            )
+            return Response(encode_mask_png(results[0].mask), media_type="image/png", headers=headers)
         answers = [
             _result_json(result, upload.filename, frame.shape, served, confidence)
             for result, upload, frame in zip(results, uploads, frames, strict=True)
@@ -306,10 +315,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             answer["prediction_id"] = kept_predictions.keep(
                 served.name, served_version, data, frame.shape, answer
             )
-        if contract.task == Task.SEGMENTATION and len(results) == 1 and format != "json":
-            headers["X-Labels"] = ",".join(contract.labels.names)
-            headers["X-Prediction-Id"] = answers[0]["prediction_id"]
-            return Response(encode_mask_png(results[0].mask), media_type="image/png", headers=headers)
         body = {"model": served.name, "version": served_version, "results": answers}
         metrics.request_stage_seconds.labels(served.name, "postprocess").observe(
             time.perf_counter() - inferred

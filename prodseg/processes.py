@@ -45,10 +45,24 @@ class StartError(RuntimeError):
     """A server did not come up; the message carries the tail of its log."""
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports.
+
+    All sockets stay bound until every port is picked: closing one before binding the next lets the
+    kernel hand out the same port twice (Triton then refuses gRPC and metrics on one port).
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def http_ok(url: str) -> bool:

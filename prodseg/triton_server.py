@@ -22,7 +22,7 @@ from clients.contract import default_repository
 from clients.repository import discover, versions
 from prodseg.processes import (
     StartError,
-    free_port,
+    free_ports,
     http_ok,
     start_child,
     stop_process_group,
@@ -121,8 +121,9 @@ class TritonServer:
                 if not versions(Path(self.repository) / name):
                     self.refused[name] = f"{name}: no published version to serve"
             self.models = tuple(name for name in found.contracts if name not in self.refused)
+        spare = iter(free_ports(3))
         self.http_port, self.grpc_port, self.metrics_port = (
-            port or free_port() for port in (self.http_port, self.grpc_port, self.metrics_port)
+            port or next(spare) for port in (self.http_port, self.grpc_port, self.metrics_port)
         )
         if self.log_path is None:
             self.log_path = PROJECT_ROOT / "out" / "logs" / f"triton-{self.http_port}.log"

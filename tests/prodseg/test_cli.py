@@ -13,7 +13,7 @@ from clients.contract import Task, default_repository
 from clients.masks import decode_mask_png
 from clients.repository import discover, versions
 from clients.video import probe
-from prodseg.processes import free_port
+from prodseg.processes import free_ports
 
 SERVED = {n: c for n, c in discover().contracts.items() if versions(default_repository() / n)}
 
@@ -131,7 +131,7 @@ def test_serve_runs_triton_and_gateway_until_ctrl_c(tmp_path: Path):
 
     import httpx
 
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    ports = dict(zip(("http", "grpc", "metrics", "gateway"), free_ports(4), strict=True))
     options = [f"--{name}-port={port}" for name, port in ports.items()]
     command = [sys.executable, "-m", "prodseg.cli", "serve", *options]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,7 +163,7 @@ def test_serve_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path):
     import signal
     import time
 
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    ports = dict(zip(("http", "grpc", "metrics", "gateway"), free_ports(4), strict=True))
     options = [f"--{name}-port={port}" for name, port in ports.items()]
     command = [sys.executable, "-m", "prodseg.cli", "serve", *options]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -263,7 +263,7 @@ def test_serve_restarts_a_killed_triton_and_gives_up_after_too_many_deaths(tmp_p
     import signal
     import time
 
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "gateway")}
+    ports = dict(zip(("http", "grpc", "metrics", "gateway"), free_ports(4), strict=True))
     options = [f"--{name}-port={port}" for name, port in ports.items()]
     command = [sys.executable, "-m", "prodseg.cli", "serve", "--max-restarts", "1", *options]
     log = tmp_path / "serve.log"

@@ -44,6 +44,7 @@ from clients.results import Detections, FrameResult, Segmentation
 from clients.triton_client import InferenceError, TritonUnavailableError, endpoint_list
 from clients.video import CorruptVideoError, VideoError, probe
 from gateway.ab import ABTests
+from gateway.active_learning import ActiveLearner, ActiveLearningSettings, ToLabelQueue
 from gateway.auth import Authenticator, AuthError
 from gateway.batches import build_input
 from gateway.drift import DriftMonitor
@@ -166,6 +167,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     ab_tests.start_configured(json.loads(settings.ab_tests) if settings.ab_tests else {})
     kept_predictions = PredictionCache(settings.kept_predictions)
     feedback = FeedbackStore(settings.data_dir / "feedback")
+    learner = ActiveLearner(  # the "to label" queue: inputs worth labelling, from production traffic
+        ActiveLearningSettings(),
+        ToLabelQueue(store, settings.data_dir / "to_label"),
+        settings.model_repository,
+        metrics.registry,
+    )
     retrainer = Retrainer(
         store, settings.data_dir, settings.model_repository, load_policies(settings.retrain_policies)
     )
@@ -204,7 +211,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         catalog.open_clients()  # gRPC channels must be created inside the server's event loop
-        app.state.jobs = JobManager(settings, metrics, store)
+        app.state.jobs = JobManager(settings, metrics, store, learner)
         app.state.jobs.recover(catalog.models)  # jobs a previous process left: resumed or failed, never lost
         policy_checks = asyncio.create_task(check_retrain_policies())
         for monitor in drift.values():
@@ -297,6 +304,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if monitor is not None:  # queued for a worker thread: never slows the answer
                 # Uploaded images are independent scenes (source None); a video's frames are not.
                 monitor.observe(frame, drift_summary(result.prediction, contract.num_classes))
+        for result, upload, (frame, data) in zip(results, uploads, decoded_uploads, strict=True):
+            sample = learner.assess(contract, result.model_version, result.prediction)
+            if sample is not None:  # rare and rate-capped: the PNG and the row are written off the loop
+                await asyncio.to_thread(
+                    learner.offer,
+                    contract,
+                    result.model_version,
+                    sample,
+                    result.prediction,
+                    frame,
+                    data,
+                    "image",
+                    upload.filename,
+                )
         headers = {"X-Inference-Ms": f"{(inferred - decoded) * 1000:.2f}", "X-Model-Version": served_version}
         if contract.task == Task.SEGMENTATION and len(results) == 1 and format != "json":
             # The PNG answer: keep only the class shares for feedback, not a full RLE nobody reads.
@@ -401,7 +422,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for name, contract in catalog.contracts.items():
         _add_ab_routes(app, name, contract, catalog, ab_tests)
         _add_batch_routes(app, name, catalog, settings, upload_batch, job_of, artifact_file, delete_job)
-        _add_feedback_routes(app, name, contract, settings, feedback, kept_predictions, ab_tests)
+        _add_feedback_routes(app, name, contract, settings, feedback, kept_predictions, ab_tests, learner)
         _add_retrain_routes(app, name, retrainer)
         _add_drift_routes(app, name, drift)
         _add_model_routes(
@@ -416,6 +437,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.api_route("/v1/models/{model}/videos/{job_id}/{artifact}", methods=["GET"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/ab", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/feedback", methods=["GET", "POST"], include_in_schema=False)
+    @app.api_route(
+        "/v1/models/{model}/feedback/to_label/{item_id}/image", methods=["GET"], include_in_schema=False
+    )
     @app.api_route("/v1/models/{model}/retrain", methods=["GET", "POST"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/drift", methods=["GET"], include_in_schema=False)
     @app.api_route("/v1/models/{model}/batches", methods=["POST"], include_in_schema=False)
@@ -644,6 +668,31 @@ class FeedbackSummary(BaseModel):
     correct: int
     wrong: int
     by_version: dict[str, dict[str, int]]
+    to_label: int  # open items of the active-learning queue
+
+
+class ToLabelItemInfo(BaseModel):
+    model_config = {"extra": "allow"}
+    id: str
+    model: str
+    version: str
+    reason: Literal["class_based", "low_confidence", "temporal_instability"]
+    score: float
+    detail: str
+    created_at: float
+    prediction: dict[str, Any]
+    source: Literal["image", "video"]
+    image_url: str
+    state: str
+
+
+class ToLabelList(BaseModel):
+    model: str
+    state: Literal["to_label"]
+    items: list[ToLabelItemInfo]
+
+
+TEXT_FEEDBACK_FIELDS = ("prediction_id", "to_label_id", "verdict", "boxes", "label")
 
 
 def _add_feedback_routes(
@@ -654,8 +703,10 @@ def _add_feedback_routes(
     feedback: FeedbackStore,
     kept: PredictionCache,
     ab_tests: ABTests,
+    learner: ActiveLearner,
 ) -> None:
-    """Feedback on a prediction: a correction in the task's form, or a verdict; and its counts."""
+    """Feedback on a prediction: a correction in the task's form, or a verdict; its counts; and the
+    active-learning "to label" queue (listed with ``state=to_label``, completed by ``to_label_id``)."""
     base, tags = f"/v1/models/{name}/feedback", [name]
     fields: dict[str, Any] = {
         "file": {"type": "string", "format": "binary", "description": "the image (or send prediction_id)"},
@@ -663,6 +714,11 @@ def _add_feedback_routes(
             "type": "string",
             "minLength": 1,
             "description": "the id of a prediction this gateway answered",
+        },
+        "to_label_id": {
+            "type": "string",
+            "minLength": 1,
+            "description": "the id of an item of the 'to label' queue (GET ...?state=to_label): labels it",
         },
         "verdict": {"type": "string", "enum": ["correct", "wrong"]},
     }
@@ -679,7 +735,7 @@ def _add_feedback_routes(
         }
     else:
         fields["label"] = {"type": "string", "enum": contract.labels.names}
-    text_fields = {"prediction_id", "verdict", "boxes", "label"}  # what a form without files can carry
+    text_fields = set(TEXT_FEEDBACK_FIELDS)  # what a form without files can carry
     correction = {Task.SEGMENTATION: "mask", Task.DETECTION: "boxes"}.get(contract.task, "label")
     needs_a_verdict_or_correction = [{"required": ["verdict"]}, {"required": [correction]}]
     body = {
@@ -692,7 +748,13 @@ def _add_feedback_routes(
                         "properties": fields,
                         "additionalProperties": False,
                         "allOf": [
-                            {"anyOf": [{"required": ["file"]}, {"required": ["prediction_id"]}]},
+                            {
+                                "anyOf": [
+                                    {"required": ["file"]},
+                                    {"required": ["prediction_id"]},
+                                    {"required": ["to_label_id"]},
+                                ]
+                            },
                             {"anyOf": needs_a_verdict_or_correction},
                         ],
                     },
@@ -703,10 +765,14 @@ def _add_feedback_routes(
                         "type": "object",
                         "properties": {k: v for k, v in fields.items() if k in text_fields},
                         "additionalProperties": False,
-                        "required": ["prediction_id"],
-                        "anyOf": needs_a_verdict_or_correction
-                        if correction in text_fields
-                        else [{"required": ["verdict"]}],
+                        "allOf": [
+                            {"anyOf": [{"required": ["prediction_id"]}, {"required": ["to_label_id"]}]},
+                            {
+                                "anyOf": needs_a_verdict_or_correction
+                                if correction in text_fields
+                                else [{"required": ["verdict"]}]
+                            },
+                        ],
                     }
                 },
             },
@@ -718,7 +784,7 @@ def _add_feedback_routes(
         base,
         status_code=201,
         response_model=FeedbackRecord,
-        responses={201: {"description": "stored"}, **errors(400, 404, 413, 415, 422)},
+        responses={201: {"description": "stored"}, **errors(400, 404, 409, 413, 415, 422)},
         openapi_extra=body,
         summary=f"{name}: send feedback on a prediction",
         tags=tags,
@@ -734,11 +800,26 @@ def _add_feedback_routes(
             form = await request.form(max_files=2, max_fields=8)
         except Exception as error:  # malformed multipart
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {error}") from error
-        empty = [name for name in ("prediction_id", "verdict", "boxes", "label") if form.get(name) == ""]
+        empty = [name for name in TEXT_FEEDBACK_FIELDS if form.get(name) == ""]
         if empty:
             raise ApiError(422, "invalid_feedback", f"{empty[0]}: empty; leave the field out instead")
-        prediction_id = _text(form, "prediction_id")
-        if prediction_id:
+        prediction_id, to_label_id = _text(form, "prediction_id"), _text(form, "to_label_id")
+        item = learner.queue.claim(name, to_label_id) if to_label_id else None  # 404 / 409
+        try:
+            record = await store_feedback(request, form, item, prediction_id)
+        except BaseException:
+            if item is not None:
+                learner.queue.release(item)  # refused feedback labels nothing: the item stays queued
+            raise
+        if item is not None:
+            await asyncio.to_thread(learner.queue.finish, item, record["id"])
+        return JSONResponse(record, status_code=201)
+
+    async def store_feedback(request: Request, form, item, prediction_id: str | None) -> dict:
+        if item is not None:
+            data = await asyncio.to_thread(learner.queue.image_path(item).read_bytes)
+            version, prediction = item.version, item.prediction
+        elif prediction_id:
             kept_prediction = kept.get(name, prediction_id)
             data, version, prediction = (
                 kept_prediction.image_bytes,
@@ -748,7 +829,9 @@ def _add_feedback_routes(
         elif hasattr(form.get("file"), "read"):
             data, version, prediction = await form["file"].read(), "", None
         else:
-            raise ApiError(422, "invalid_feedback", "send the image in a part 'file' or a prediction_id")
+            raise ApiError(
+                422, "invalid_feedback", "send the image in a part 'file', a prediction_id or a to_label_id"
+            )
         try:
             frame = decode_image(data, settings.max_image_pixels)
         except ImageError as error:
@@ -777,14 +860,53 @@ def _add_feedback_routes(
             version,
             prediction,
             key_name,
+            None if item is None else {"id": item.id, "reason": item.reason, "score": item.score},
         )
         if version and record["verdict"]:
             ab_tests.record_label(name, version, record["verdict"] == "correct")
-        return JSONResponse(record, status_code=201)
+        return record
 
-    @app.get(base, response_model=FeedbackSummary, summary=f"{name}: feedback counts", tags=tags)
-    async def feedback_counts() -> dict:
-        return feedback.summary(name)
+    @app.get(
+        base,
+        response_model=FeedbackSummary | ToLabelList,
+        responses=errors(422),
+        summary=f"{name}: feedback counts, or with state=to_label the active-learning queue",
+        tags=tags,
+    )
+    async def feedback_counts(
+        state: Annotated[
+            Literal["to_label"] | None,
+            Query(description="'to_label': list the open items of the active-learning queue instead"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=500, description="most items listed (newest first)")] = 50,
+    ) -> dict:
+        if state == "to_label":
+            items = await asyncio.to_thread(learner.queue.items, name, limit)
+            return {"model": name, "state": "to_label", "items": [item.to_json() for item in items]}
+        return feedback.summary(name) | {"to_label": learner.queue.open_count(name)}
+
+    @app.get(
+        f"{base}/to_label/{{item_id}}/image",
+        response_class=FileResponse,
+        responses={
+            200: {"description": "the queued input", "content": {"image/png": {}}},
+            **errors(404, 409),
+        },
+        summary=f"{name}: the image of an item of the 'to label' queue (PNG)",
+        tags=tags,
+    )
+    async def to_label_image(
+        item_id: Annotated[str, PathParam(description="an item id of GET ...?state=to_label")],
+    ) -> FileResponse:
+        item = learner.queue.get(name, item_id)
+        if item.completed_at is not None:
+            raise ApiError(
+                409, "already_labelled", f"item {item_id!r} was labelled; its image is in the feedback"
+            )
+        path = learner.queue.image_path(item)
+        if not path.is_file():
+            raise ApiError(404, "to_label_image_missing", f"item {item_id!r} has no image on this gateway")
+        return FileResponse(path, media_type="image/png")
 
 
 def _text(form, name: str) -> str | None:

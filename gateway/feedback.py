@@ -10,8 +10,9 @@ a dataset as it stands (and DVC tracks it as one):
 - a verdict without a correction (``correct`` / ``wrong``): ``unlabelled/<id>.png``.
 
 ``index.jsonl`` records every entry: id, model version that predicted, the prediction, the verdict,
-time and API key name. Files appear atomically; the index line is appended last, so an entry is
-counted only once all its files exist.
+time and API key name (and, for an item of the active-learning queue, its id, reason and score).
+Files appear atomically; the index line is appended last, so an entry is counted only once all its
+files exist.
 
 Predictions the gateway answered are kept for a while (``PredictionCache``), so feedback may name a
 ``prediction_id`` instead of sending the image again.
@@ -99,8 +100,10 @@ class FeedbackStore:
         version: str,
         prediction: dict[str, Any] | None,
         key_name: str | None,
+        to_label: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Validate and store one entry; returns its index record. ``ApiError`` 422 names the field."""
+        """Validate and store one entry; returns its index record. ``ApiError`` 422 names the field.
+        ``to_label``: the active-learning item this entry labels (id, reason, score), recorded with it."""
         if verdict is not None and verdict not in VERDICTS:
             raise ApiError(422, "invalid_feedback", f"verdict must be one of {VERDICTS}, got {verdict!r}")
         has_correction = target is not None or mask_png is not None
@@ -129,6 +132,8 @@ class FeedbackStore:
             "created_at": time.time(),
             "files": [str(path.relative_to(folder)) for path, _ in writes],
         }
+        if to_label is not None:
+            record["to_label"] = to_label
         with self._lock:
             for path, data in writes:
                 write_bytes(path, data)

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from clients.pipeline import process_video
+from gateway.active_learning import ActiveLearner
 from gateway.metrics import GatewayMetrics
 from gateway.models import ServedModel
 from gateway.settings import GatewaySettings
@@ -105,8 +106,15 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics, store: GatewayStore) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        store: GatewayStore,
+        active_learning: ActiveLearner | None = None,  # offered every video frame's prediction
+    ) -> None:
         self.settings = settings
+        self.active_learning = active_learning
         self.metrics = metrics
         self.jobs: dict[str, Job] = {}
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
@@ -193,6 +201,7 @@ class JobManager:
         self._finish(job)
 
     async def _run_video(self, job: Job, model: ServedModel) -> None:
+        learner = self.active_learning
         stats = await process_video(
             job.upload_path,
             job.directory,
@@ -202,6 +211,7 @@ class JobManager:
             observe=lambda stage, seconds, frames: self.metrics.observe_stage(
                 job.model, stage, seconds, frames
             ),
+            on_result=learner.watch_video(model.contract, job.id, job.filename) if learner else None,
         )
         job.fps, job.stage_seconds, job.frames_done = stats.fps, stats.stage_seconds, stats.frames
         job.frames_total = stats.frames

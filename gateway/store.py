@@ -1,5 +1,5 @@
 """The gateway's durable store: one SQLite file on the data volume, one row per job, plus named state
-(the A/B tests running, for example).
+(the A/B tests running, for example) and the active-learning "to label" queue.
 
 Every state change of a job is written here before it is reported, so a gateway restart loses no
 job: queued ones start again, running ones start again from their upload (outputs are written
@@ -27,7 +27,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL          -- JSON
-)
+);
+CREATE TABLE IF NOT EXISTS to_label (  -- the active-learning queue (gateway/active_learning.py)
+    id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body TEXT NOT NULL,          -- the item's fields as JSON
+    completed_at REAL,           -- NULL while the item waits for its label
+    feedback_id TEXT             -- the feedback entry that labelled it
+);
+CREATE INDEX IF NOT EXISTS to_label_open ON to_label (model, completed_at, created_at)
 """
 
 
@@ -87,6 +96,64 @@ class GatewayStore:
             ).fetchall()
         return {key: json.loads(value) for key, value in rows}
 
+    # ---- the "to label" queue: open items are those with no completed_at --------------------------
+
+    def add_to_label(self, item_id: str, model: str, created_at: float, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO to_label (id, model, created_at, body) VALUES (?, ?, ?, ?)",
+                (item_id, model, created_at, json.dumps(body)),
+            )
+
+    def count_to_label(self, model: str) -> int:
+        """Open items of a model."""
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM to_label WHERE model = ? AND completed_at IS NULL", (model,)
+            ).fetchone()
+        return count
+
+    def to_label_items(self, model: str, limit: int) -> list[dict[str, Any]]:
+        """Open items of a model, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body, completed_at, feedback_id FROM to_label "
+                "WHERE model = ? AND completed_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (model, limit),
+            ).fetchall()
+        return [_to_label_row(*row) for row in rows]
+
+    def to_label_item(self, model: str, item_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body, completed_at, feedback_id FROM to_label WHERE model = ? AND id = ?",
+                (model, item_id),
+            ).fetchone()
+        return None if row is None else _to_label_row(*row)
+
+    def complete_to_label(self, item_id: str, completed_at: float) -> bool:
+        """Mark an open item labelled; False when it was not open (someone else completed it)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE to_label SET completed_at = ? WHERE id = ? AND completed_at IS NULL",
+                (completed_at, item_id),
+            )
+        return cursor.rowcount == 1
+
+    def reopen_to_label(self, item_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE to_label SET completed_at = NULL, feedback_id = NULL WHERE id = ?", (item_id,)
+            )
+
+    def set_to_label_feedback(self, item_id: str, feedback_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE to_label SET feedback_id = ? WHERE id = ?", (feedback_id, item_id))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _to_label_row(body: str, completed_at: float | None, feedback_id: str | None) -> dict[str, Any]:
+    return json.loads(body) | {"completed_at": completed_at, "feedback_id": feedback_id}

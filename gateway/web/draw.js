@@ -45,22 +45,26 @@ export function classIdsFromRuns(runs, size) {
   return ids;
 }
 
-// Blend class colours over the canvas's pixels (background, class 0, is left as it is).
-export function drawMask(context, ids, width, height, labels, alpha = 0.5) {
-  const image = context.getImageData(0, 0, width, height);
+// Blend class colours over the canvas's pixels (background, class 0, is left as it is); `region`
+// [x, y, w, h] limits it to part of the image (the mask painter redraws only what a stroke touched).
+export function drawMask(context, ids, width, height, labels, alpha = 0.5, region = [0, 0, width, height]) {
+  const [x0, y0, w, h] = region;
+  const image = context.getImageData(x0, y0, w, h);
   const colours = labels.map((label) => hexToRgb(label.color));
   let painted = 0;
-  for (let i = 0; i < ids.length; i++) {
-    const id = ids[i];
-    if (id === 0 || !colours[id]) continue;
-    const [r, g, b] = colours[id];
-    const p = i * 4;
-    image.data[p] = image.data[p] * (1 - alpha) + r * alpha;
-    image.data[p + 1] = image.data[p + 1] * (1 - alpha) + g * alpha;
-    image.data[p + 2] = image.data[p + 2] * (1 - alpha) + b * alpha;
-    painted++;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const id = ids[(y0 + y) * width + x0 + x];
+      if (id === 0 || !colours[id]) continue;
+      const [r, g, b] = colours[id];
+      const p = (y * w + x) * 4;
+      image.data[p] = image.data[p] * (1 - alpha) + r * alpha;
+      image.data[p + 1] = image.data[p + 1] * (1 - alpha) + g * alpha;
+      image.data[p + 2] = image.data[p + 2] * (1 - alpha) + b * alpha;
+      painted++;
+    }
   }
-  context.putImageData(image, 0, 0);
+  context.putImageData(image, x0, y0);
   return painted;
 }
 

@@ -1,6 +1,7 @@
 // Images: drop one or many, see each with its mask, boxes or label, send feedback on each, download.
 
 import { postForm } from "./api.js";
+import { boxEditor, maskPainter } from "./correct.js";
 import { classIdPng, classIds, drawBoxes, drawLabel, drawMask } from "./draw.js";
 
 const $ = (id) => document.getElementById(id);
@@ -92,36 +93,46 @@ async function resultCard(state, model, file, result) {
   canvas.width = result.width;
   canvas.height = result.height;
   const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(await createImageBitmap(file), 0, 0, result.width, result.height);
+  const image = await createImageBitmap(file); // kept: the correction editors redraw from it
+  const ids = model.task === "segmentation" ? classIds(result) : null;
+  // The image with the prediction drawn over it (again after a correction editor closes).
+  const showPrediction = () => {
+    context.drawImage(image, 0, 0, result.width, result.height);
+    if (model.task === "segmentation") {
+      canvas.dataset.paintedPixels = String(drawMask(context, ids, result.width, result.height, model.labels));
+    } else if (model.task === "detection") {
+      drawBoxes(context, result.detections, model.labels, Math.max(1, result.width / 640));
+    } else {
+      drawLabel(context, result, result.width);
+    }
+  };
+  showPrediction();
   const summary = document.createElement("p");
   summary.className = "summary";
-  let ids = null;
   if (model.task === "segmentation") {
-    ids = classIds(result);
-    const painted = drawMask(context, ids, result.width, result.height, model.labels);
-    canvas.dataset.paintedPixels = String(painted);
     summary.textContent = result.masks
       .map((m) => `${m.label}: ${((100 * m.pixels) / (result.width * result.height)).toFixed(1)}%`)
       .join(" · ");
   } else if (model.task === "detection") {
-    drawBoxes(context, result.detections, model.labels, Math.max(1, result.width / 640));
     canvas.dataset.boxes = String(result.detections.length);
     summary.textContent = `${result.detections.length} detection(s)`;
   } else {
-    drawLabel(context, result, result.width);
     canvas.dataset.label = result.label;
     summary.textContent = `${result.label} (${(100 * result.confidence).toFixed(1)}%)`;
   }
   canvas.setAttribute("role", "img");
   canvas.setAttribute("aria-label", `${result.filename}: ${summary.textContent}`);
-  card.append(title, canvas, summary, feedbackForm(state, model, result));
+  const drawing = { canvas, image, ids, showPrediction };
+  card.append(title, canvas, summary, feedbackForm(state, model, result, drawing));
   return { card, ids };
 }
 
-// Correct / wrong, and a correction in the task's form; posted with the prediction's id.
-function feedbackForm(state, model, result) {
+// Correct / wrong, and a correction in the task's form; posted with the prediction's id. Boxes and
+// masks are drawn on the result's canvas (correct.js); a mask can also be uploaded as a file.
+function feedbackForm(state, model, result, drawing) {
   const form = document.createElement("form");
   form.className = "feedback row";
+  form.addEventListener("submit", (event) => event.preventDefault()); // Enter in a field sends nothing
   const id = result.prediction_id;
   const status = document.createElement("span");
   status.className = "muted feedback-status";
@@ -132,6 +143,7 @@ function feedbackForm(state, model, result) {
     for (const [name, value] of Object.entries(fields)) body.append(name, value);
     try {
       const record = await postForm(`/v1/models/${model.name}/feedback`, body);
+      form.dataset.feedbackId = record.id; // the stored entry (its files are named by it)
       status.textContent = `feedback stored (${record.kind}${record.verdict ? ", " + record.verdict : ""})`;
     } catch (error) {
       status.textContent = "";
@@ -161,19 +173,9 @@ function feedbackForm(state, model, result) {
     form.append(label("Correct class", select), select);
     form.append(button("Send correction", () => ({ verdict: "wrong", label: select.value })));
   } else if (model.task === "detection") {
-    const box = document.createElement("input");
-    box.placeholder = "x1,y1,x2,y2";
-    box.size = 16;
-    const select = document.createElement("select");
-    select.append(...model.labels.map((l) => new Option(l.name, l.name)));
-    form.append(label("Box", box), box, label("Box label", select), select);
-    form.append(
-      button("Send box", () => ({
-        verdict: "wrong",
-        boxes: JSON.stringify([{ box: box.value.split(",").map(Number), label: select.value }]),
-      }))
-    );
+    form.append(boxEditor({ ...drawing, detections: result.detections, labels: model.labels, send }));
   } else {
+    form.append(maskPainter({ ...drawing, labels: model.labels, send }));
     const mask = document.createElement("input");
     mask.type = "file";
     mask.accept = "image/png";

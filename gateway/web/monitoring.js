@@ -1,4 +1,4 @@
-// Feedback counts and the "to label" queue; drift, A/B, retraining and batch jobs. Routes that this
+// Feedback counts (the "to label" queue is labeling.js's); drift, A/B, retraining and batch jobs. Routes that this
 // gateway does not have (yet) show "not available" instead of an error.
 
 import uPlot from "./vendor/uplot-1.6.32/uPlot.esm.js";
@@ -17,6 +17,12 @@ export function setupMonitoring(state) {
   $("monitoring-refresh").addEventListener("click", refreshMonitoring);
   $("tab-feedback").addEventListener("shown", refreshFeedback);
   $("tab-monitoring").addEventListener("shown", refreshMonitoring);
+  // The drift report changes with every evaluation: poll it while the Monitoring tab is on screen.
+  setInterval(() => {
+    if (state.model && !$("page-monitoring").hidden && document.visibilityState === "visible") {
+      refreshDrift(state, state.model);
+    }
+  }, DRIFT_POLL_MS);
   showGrafana();
   $("batch-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -53,27 +59,23 @@ async function optional(path, element, missing) {
 async function loadFeedback(state, model) {
   try {
     const counts = await getJson(`/v1/models/${model.name}/feedback`);
-    const shown = ["total", "correct", "wrong", "corrections"].map((key) => [key, counts[key]]);
+    const shown = ["total", "correct", "wrong", "corrections", "to_label"].map((key) => [key, counts[key]]);
     for (const [version, byVersion] of Object.entries(counts.by_version || {})) {
       shown.push([`version ${version}`, Object.entries(byVersion).map(([k, v]) => `${k} ${v}`).join(", ")]);
     }
     $("feedback-counts").replaceChildren(table(["", "count"], shown));
     $("feedback-counts").dataset.total = String(counts.total);
-    const queue = await optional(
-      `/v1/models/${model.name}/feedback?state=to_label`,
-      $("feedback-queue"),
-      "The active-learning queue is not available on this gateway."
-    );
-    const items = queue && (queue.items || queue.queue);
-    if (queue && Array.isArray(items)) {
-      $("feedback-queue").replaceChildren(
-        items.length
-          ? table(Object.keys(items[0]), items.map((item) => Object.values(item).map(short)))
-          : text("Nothing to label.")
-      );
-    } else if (queue) {
-      $("feedback-queue").replaceChildren(text("The active-learning queue is not available on this gateway."));
-    }
+  } catch (error) {
+    state.showError(error);
+  }
+}
+
+async function refreshDrift(state, model) {
+  try {
+    const missing = "Drift monitoring is not available for this model.";
+    const drift = await optional(`/v1/models/${model.name}/drift`, $("drift"), missing);
+    if (drift) showDrift(drift);
+    else for (const id of ["drift-plot", "drift-tests"]) $(id).replaceChildren();
   } catch (error) {
     state.showError(error);
   }
@@ -81,8 +83,7 @@ async function loadFeedback(state, model) {
 
 async function loadMonitoring(state, model) {
   try {
-    const drift = await optional(`/v1/models/${model.name}/drift`, $("drift"), "Drift monitoring is not available for this model.");
-    if (drift) showDrift(drift);
+    await refreshDrift(state, model);
     const ab = await optional(`/v1/models/${model.name}/ab`, $("ab"), "No A/B test is running for this model.");
     if (ab) showAb(ab);
     const retrain = await optional(`/v1/models/${model.name}/retrain`, $("retrain"), "Retraining is not available.");
@@ -97,45 +98,183 @@ async function loadMonitoring(state, model) {
   }
 }
 
-function showDrift(report) {
-  const verdict = report.verdict || report.status || "unknown";
-  const rows = [];
-  const features = report.features || {};
-  for (const [name, f] of Object.entries(features)) {
-    rows.push(typeof f === "object" ? [name, ...["statistic", "test", "p_value", "drifted"].map((k) => short(f[k]))] : [name, short(f)]);
-  }
-  $("drift").replaceChildren(
-    text(`Verdict: ${verdict} · samples ${report.samples ?? "?"}`),
-    rows.length ? table(["feature", "statistic", "test", "p-value", "drifted"], rows) : text("No features evaluated yet.")
-  );
-  $("drift").dataset.verdict = verdict;
-  const history = report.history || report.windows || [];
-  $("drift-plot").replaceChildren();
-  if (history.length > 1) {
-    const x = history.map((w, i) => w.time ?? w.evaluated_at ?? i);
-    const drifted = history.map((w) => w.drifted_features ?? w.drifted ?? (w.status === "drift" ? 1 : 0));
-    new uPlot(
-      { title: "drift over time", width: 600, height: 180, series: [{}, { label: "drifted", stroke: "#a4000f" }] },
-      [x, drifted.map(Number)],
-      $("drift-plot")
-    );
+// ---- drift: GET /v1/models/{m}/drift is the monitor's last evaluation (gateway/drift.py,
+// clients/drift.py): status ok | drift | insufficient_data, the window's size, the settings it was
+// judged by and, once the window is big enough, one test per feature. The gateway keeps no history,
+// so the page keeps the evaluations it has seen (per model, for this tab) and plots them.
+
+const DRIFT_POLL_MS = 5000; // while the Monitoring tab is shown
+const HISTORY_POINTS = 720; // an hour at the poll rate
+const VERDICTS = { ok: "no drift", drift: "DRIFT", insufficient_data: "not enough samples yet" };
+// Whole seconds and up on the time axis (uPlot would otherwise pick sub-second ticks for a short history).
+const TIME_STEPS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
+const clock = (unixSeconds) => new Date(unixSeconds * 1000).toLocaleTimeString([], { hour12: false });
+
+function driftHistory(model) {
+  try {
+    return JSON.parse(sessionStorage.getItem(`prodseg.drift.${model}`) || "[]");
+  } catch {
+    return [];
   }
 }
 
-function showAb(report) {
-  const rows = Object.entries(report.versions || {}).map(([version, v]) => [
-    version,
-    v.requests,
-    v.latency_ms ? `${short(v.latency_ms.p50)} / ${short(v.latency_ms.p95)} / ${short(v.latency_ms.p99)}` : "",
-    short(v.mean_confidence),
-    short(v.accuracy),
-    short(v.prediction_mix),
-  ]);
-  $("ab").replaceChildren(
-    text(`Weights ${short(report.weights)}`),
-    table(["version", "requests", "latency p50/p95/p99 ms", "mean confidence", "accuracy", "prediction mix"], rows),
-    text(`Tests: ${short(report.tests)}`)
+// One point per evaluation (a report fetched twice between evaluations counts once).
+function remember(report) {
+  const history = driftHistory(report.model);
+  if (history.length && history.at(-1).evaluated_at === report.evaluated_at) return history;
+  history.push({
+    evaluated_at: report.evaluated_at,
+    status: report.status,
+    samples: report.samples,
+    drifted: (report.drifted_features || []).length,
+  });
+  const kept = history.slice(-HISTORY_POINTS);
+  sessionStorage.setItem(`prodseg.drift.${report.model}`, JSON.stringify(kept));
+  return kept;
+}
+
+function showDrift(report) {
+  const verdict = report.status;
+  const drifted = report.drifted_features || [];
+  const headline = document.createElement("p");
+  headline.className = `verdict verdict-${verdict}`;
+  headline.id = "drift-verdict";
+  headline.textContent = `Verdict: ${VERDICTS[verdict] || verdict}`;
+  const when = report.evaluated_at ? clock(report.evaluated_at) : "?";
+  const facts = [
+    ["reference of version", report.version ?? "?"],
+    ["samples in the window", `${report.samples} of ${report.window} (a verdict needs ${report.min_samples})`],
+    ["reference images", report.reference_samples],
+    ["features tested", report.tests ?? 0],
+    ["drifted features", drifted.length ? `${drifted.join(", ")} (${(100 * report.drifted_share).toFixed(0)}%)` : "none"],
+    [
+      "decision",
+      `drift when ${report.min_drifted}+ feature(s) have p < ${report.alpha} after ${report.correction} correction`,
+    ],
+    ["evaluated at", when],
+    ["waiting to be measured", report.queued ?? 0],
+  ];
+  const features = Object.entries(report.features || {}).sort(
+    ([, a], [, b]) => b.drifted - a.drifted || a.p_value_corrected - b.p_value_corrected
   );
+  $("drift").replaceChildren(headline, definitions(facts));
+  $("drift-tests").replaceChildren(
+    features.length ? featureTable(features) : text("No features are tested until the window holds enough samples.")
+  );
+  $("drift").dataset.verdict = verdict;
+  $("drift").dataset.state = "available";
+  drawDriftHistory(remember(report));
+}
+
+// One row per feature, most suspicious first: the deciding test (KS for numbers, chi-square for a
+// class mix), its p-value before and after the correction, and how the window moved.
+function featureTable(features) {
+  const headers = ["feature", "test", "statistic", "p-value", "corrected p-value", "drifted", "PSI"];
+  const t = table([...headers, "Wasserstein (ref. SD)", "reference → window"], []);
+  t.id = "drift-features";
+  const body = t.tBodies[0];
+  for (const [name, f] of features) {
+    const tr = body.insertRow();
+    tr.dataset.feature = name;
+    tr.classList.toggle("drifted", f.drifted);
+    const moved =
+      f.kind === "numeric"
+        ? `mean ${number(f.reference_mean)} → ${number(f.window_mean)}`
+        : Object.keys(f.window_share || {})
+            .map((c) => `${c} ${number(f.reference_share[c])} → ${number(f.window_share[c])}`)
+            .join(", ");
+    const cells = [
+      name,
+      f.test,
+      number(f.statistic),
+      number(f.p_value),
+      number(f.p_value_corrected),
+      f.drifted ? "yes" : "no",
+      number(f.psi), // numeric features only
+      number(f.wasserstein),
+      moved,
+    ];
+    for (const value of cells) tr.insertCell().textContent = value;
+  }
+  return t;
+}
+
+function drawDriftHistory(history) {
+  const container = $("drift-plot");
+  container.replaceChildren();
+  container.dataset.points = String(history.length);
+  const alarms = history.filter((point) => point.status === "drift").length;
+  const since = history.length ? clock(history[0].evaluated_at) : "";
+  container.append(
+    text(
+      history.length > 1
+        ? `History in this tab: ${history.length} evaluations since ${since}, drift in ${alarms}.`
+        : "History: the plot starts once this tab has seen two evaluations (it refreshes every 5 s)."
+    )
+  );
+  if (history.length < 2) return;
+  const plot = document.createElement("div");
+  container.append(plot);
+  const stepped = uPlot.paths.stepped({ align: 1 });
+  const fromZero = (u, low, high) => [0, Math.max(high, 1)];
+  new uPlot(
+    {
+      title: "Drift over time (evaluations seen in this tab)",
+      width: Math.min(container.clientWidth || 800, 1000),
+      height: 200,
+      scales: { y: { range: fromZero }, samples: { range: fromZero } },
+      axes: [
+        { space: 90, incrs: TIME_STEPS_S, values: (u, ticks) => ticks.map(clock) },
+        { label: "drifted features" },
+        { scale: "samples", side: 1, label: "samples", grid: { show: false } },
+      ],
+      // Steps, not slopes: a value holds from one evaluation until the next.
+      series: [
+        { label: "time", value: (u, t) => (t == null ? "-" : clock(t)) },
+        { label: "drifted features", stroke: "#a4000f", width: 2, points: { show: true }, paths: stepped },
+        { label: "window samples", stroke: "#0b5cad", scale: "samples", dash: [6, 4], paths: stepped },
+      ],
+    },
+    [history.map((p) => p.evaluated_at), history.map((p) => p.drifted), history.map((p) => p.samples)],
+    plot
+  );
+}
+
+// ---- A/B: GET /v1/models/{m}/ab (gateway/ab.py): the split, each version's requests, latency,
+// prediction mix, confidence and accuracy on labelled feedback, and whether the first two versions
+// differ by more than chance.
+
+function showAb(report) {
+  const versions = Object.entries(report.versions || {});
+  const mix = (shares) => Object.entries(shares || {}).map(([label, share]) => `${label} ${number(share)}`).join(", ");
+  const rows = versions.map(([version, v]) => [
+    version,
+    `${report.weights[version]}%`,
+    v.requests,
+    v.errors,
+    ["p50", "p95", "p99"].map((q) => number(v.latency_ms[q])).join(" / "),
+    number(v.mean_confidence),
+    v.accuracy === null ? `- (${v.labelled} labelled)` : `${number(v.accuracy)} (${v.labelled} labelled)`,
+    mix(v.prediction_mix),
+  ]);
+  const headers = ["version", "weight", "requests", "errors", "latency p50 / p95 / p99 (ms)"];
+  const perVersion = table([...headers, "mean confidence", "accuracy", "prediction mix"], rows);
+  perVersion.id = "ab-versions";
+  const tests = report.tests || {};
+  const compared = (tests.compared || []).join(" vs ");
+  const testRows = ["prediction_mix", "confidence", "accuracy"].map((name) => {
+    const t = tests[name];
+    const what = name.replace("_", " ");
+    return t ? [what, t.test, number(t.statistic), number(t.p_value)] : [what, "too little data yet", "", ""];
+  });
+  const significance = table(["difference in", "test", "statistic", "p-value"], testRows);
+  significance.id = "ab-tests";
+  $("ab").replaceChildren(
+    text(`Test ${report.id} since ${new Date(report.started_at * 1000).toLocaleString()}: versions ${compared} compared.`),
+    perVersion,
+    significance
+  );
+  $("ab").dataset.state = "running";
 }
 
 async function runBatch(state, model) {
@@ -183,6 +322,28 @@ function text(content) {
   const p = document.createElement("p");
   p.textContent = content;
   return p;
+}
+
+// A number as a person reads it: 3 significant digits, tiny p-values in exponent form.
+function number(value) {
+  if (value === undefined || value === null) return "-";
+  if (typeof value !== "number") return String(value);
+  if (Number.isInteger(value)) return String(value);
+  if (value !== 0 && Math.abs(value) < 0.001) return value.toExponential(2);
+  return String(Number(value.toPrecision(3)));
+}
+
+function definitions(pairs) {
+  const dl = document.createElement("dl");
+  dl.className = "stats";
+  for (const [term, value] of pairs) {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = String(value);
+    dl.append(dt, dd);
+  }
+  return dl;
 }
 
 function short(value) {

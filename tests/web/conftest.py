@@ -98,3 +98,38 @@ def task_gateway(tmp_path_factory: pytest.TempPathFactory):
         process.start()
         yield process
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def drift_gateway(tmp_path_factory: pytest.TempPathFactory):
+    """A Triton + gateway serving shelf_segmenter's latest version and a copy of it as the next (an
+    A/B test can run), with a drift window of 30 samples evaluated every 0.5 s: reports come quickly."""
+    import shutil
+
+    from clients.config_text import serve_versions
+    from clients.contract import default_repository
+    from clients.repository import latest_version
+    from prodseg.stack import GatewayProcess, serving_env
+    from prodseg.triton_server import TritonServer
+
+    model = "shelf_segmenter"
+    repository = tmp_path_factory.mktemp("drift-repository")
+    source = default_repository()
+    shutil.copy2(source / "onnx_runner.py", repository / "onnx_runner.py")
+    shutil.copytree(source / model, repository / model, symlinks=True)
+    latest = latest_version(model, repository)
+    shutil.copytree(repository / model / str(latest), repository / model / str(latest + 1), symlinks=True)
+    for config in [repository / model / "config.pbtxt", *(repository / model / "configs").glob("*.pbtxt")]:
+        config.write_text(serve_versions(config.read_text(), [latest, latest + 1]))
+    env = {
+        "PRODSEG_DRIFT_WINDOW": "30",  # the smallest window a verdict allows (min_samples is 30)
+        "PRODSEG_DRIFT_EVALUATE_EVERY_S": "0.5",
+        "PRODSEG_DRIFT_SAMPLE_EVERY": "1",
+    }
+    with TritonServer(repository=repository, models=(model,), log_path=repository / "triton.log") as triton:
+        process = GatewayProcess(triton.grpc_url, data_dir=repository / "data", env=serving_env(triton) | env)
+        process.start()
+        try:
+            yield process
+        finally:
+            process.stop()

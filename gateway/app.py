@@ -18,12 +18,15 @@ the one error shape of gateway.errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 import logging
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -542,7 +545,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.state.metrics = metrics
 
-    install_web(app, catalog, settings)  # the pages at /ui and the live-camera WebSocket
+    def watch_live(served: ServedModel, socket_id: str) -> Callable[[np.ndarray, FrameResult], None]:
+        """A live camera socket is a video: its frames feed drift (one source) and active learning."""
+        monitor, contract = drift.get(served.name), served.contract
+        sample_frame = learner.watch_video(contract, socket_id, "live camera")
+        frames_seen = itertools.count()
+
+        def on_result(frame: np.ndarray, result: FrameResult) -> None:
+            # Each live frame is inferred alone (index 0): number them, as a video's frames are.
+            result = dataclasses.replace(result, frame_index=next(frames_seen))
+            if monitor is not None:
+                summary = drift_summary(result.prediction, contract.num_classes)
+                monitor.observe(frame, summary, source=socket_id)
+            sample_frame(frame, result)
+
+        return on_result
+
+    install_web(app, catalog, settings, watch_live)  # the pages at /ui and the live-camera WebSocket
     return app
 
 

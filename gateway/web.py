@@ -10,7 +10,9 @@ The live socket never queues: the page sends a frame only after the previous ans
 should a client send faster, frames that arrive while ``MAX_IN_FLIGHT`` frames are being inferred are
 dropped and counted (``{"dropped": n}`` rides on the next answer). With API keys on
 (``PRODSEG_AUTH_ENABLED``), a browser cannot set headers on a WebSocket, so the first message must be
-``{"api_key": "..."}``; a refused key gets the JSON error body and close code 1008.
+``{"api_key": "..."}``; a refused key gets the JSON error body and close code 1008. Each socket's
+frames also reach the model's drift monitor and active-learning sampler, as a video's do
+(``watch_live``, given by the app).
 
 None of these routes is in the OpenAPI document (schemathesis fuzzes that document).
 """
@@ -22,6 +24,8 @@ import json
 import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -30,7 +34,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from clients.results import Segmentation
+from clients.results import FrameResult, Segmentation
 from clients.triton_client import InferenceError
 from gateway.auth import Authenticator, AuthError
 from gateway.errors import ApiError
@@ -45,8 +49,18 @@ MAX_FRAME_BYTES = 4 << 20  # a JPEG from a camera is tens of KB; refuse anything
 POLICY_VIOLATION = 1008  # WebSocket close code for a refused key
 
 
-def install_web(app: FastAPI, catalog: ModelCatalog, settings: GatewaySettings) -> None:
-    """Mount the pages at /ui (/ redirects there) and add the live-camera WebSocket per model."""
+FrameHook = Callable[[np.ndarray, FrameResult], None]
+
+
+def install_web(
+    app: FastAPI,
+    catalog: ModelCatalog,
+    settings: GatewaySettings,
+    watch_live: Callable[[ServedModel, str], FrameHook] | None = None,
+) -> None:
+    """Mount the pages at /ui (/ redirects there) and add the live-camera WebSocket per model.
+
+    ``watch_live(model, socket_id)`` gives a socket's hook, called with every frame and its result."""
     authenticator = _authenticator()
 
     @app.get("/", include_in_schema=False)
@@ -73,17 +87,18 @@ def install_web(app: FastAPI, catalog: ModelCatalog, settings: GatewaySettings) 
             return
         except WebSocketDisconnect:
             return
-        await _serve_frames(websocket, served)
+        on_result = watch_live(served, f"live-{uuid.uuid4().hex[:12]}") if watch_live else None
+        await _serve_frames(websocket, served, on_result)
 
 
-async def _serve_frames(websocket: WebSocket, served: ServedModel) -> None:
+async def _serve_frames(websocket: WebSocket, served: ServedModel, on_result: FrameHook | None) -> None:
     """Decode each JPEG, infer it, answer its JSON; drop what arrives while MAX_IN_FLIGHT are busy."""
     in_flight: set[asyncio.Task] = set()
     dropped = 0
     send_lock = asyncio.Lock()
 
     async def answer(data: bytes, received: float) -> None:
-        body = await _annotate(served, data)
+        body = await _annotate(served, data, on_result)
         body["latency_ms"] = round((time.perf_counter() - received) * 1000, 2)
         body["dropped"] = dropped  # so far on this socket
         try:
@@ -113,7 +128,7 @@ async def _serve_frames(websocket: WebSocket, served: ServedModel) -> None:
             task.cancel()
 
 
-async def _annotate(served: ServedModel, data: bytes) -> dict:
+async def _annotate(served: ServedModel, data: bytes, on_result: FrameHook | None = None) -> dict:
     """One JPEG -> the images route's per-task JSON, or an error body (the stream goes on)."""
     if len(data) > MAX_FRAME_BYTES:
         return _error("frame_too_large", f"a live frame must be under {MAX_FRAME_BYTES} bytes")
@@ -125,6 +140,8 @@ async def _annotate(served: ServedModel, data: bytes) -> dict:
         result = await served.client.predict_image(frame)
     except InferenceError as error:
         return _error("inference_failed", str(error))
+    if on_result is not None:
+        on_result(frame, result)
     labels = served.contract.labels
     prediction = result.prediction
     body = {"model": served.name, "version": result.model_version, "width": frame.shape[1]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -430,3 +431,35 @@ def test_the_queue_survives_a_gateway_restart(triton, tmp_path):
             assert done.status_code == 201, done.text
     finally:
         second.stop()
+
+
+@pytest.mark.triton
+def test_live_camera_frames_feed_the_queue_and_the_drift_monitor(triton, tmp_path, monkeypatch):
+    """A live socket is a video: its flickering frames are queued, and every frame reaches drift."""
+    from fastapi.testclient import TestClient
+
+    from datagen.shelves import render_scene
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    for name, value in LABELING_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PRODSEG_DRIFT_SAMPLE_EVERY", "1")
+    scenes = [encoded(render_scene(seed, 384, 640).image, ".jpg") for seed in (21, 22)]
+    settings = GatewaySettings(data_dir=tmp_path / "data", triton_grpc_url=triton.grpc_url)
+    with TestClient(create_app(settings)) as http:
+        with http.websocket_connect(f"/v1/models/{SHELF}/live") as socket:
+            for index in range(8):  # two shelves alternating: every frame flickers against the last
+                socket.send_bytes(scenes[index % 2])
+                assert socket.receive_json()["task"] == "segmentation"
+        deadline = time.monotonic() + 10  # samples are written by a worker thread
+        while not (items := queued(http, SHELF)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        metrics = http.get("/metrics").text
+    unstable = [item for item in items if item["reason"] == "temporal_instability"]
+    assert unstable, items
+    assert all(item["job_id"].startswith("live-") for item in unstable)
+    frames = sorted(item["frame_index"] for item in unstable)
+    assert frames[0] >= 1 and all(b - a >= 2 for a, b in zip(frames, frames[1:], strict=False))
+    observed = f'prodseg_drift_observations_total{{model="{SHELF}",outcome="queued"}} 8.0'
+    assert observed in metrics

@@ -40,7 +40,8 @@ cat <<STEPS
 # Roll model $MODEL version $VERSION out to $ENV_NAME (release $RELEASE, namespace $NAMESPACE)
 
 # 1. Publish: version $VERSION must exist in model_repository/$MODEL/$VERSION (prodseg publish
-#    writes it), then upload the model folder (configs, labels, aliases.json, new version) to the store.
+#    writes it and registers it in MLflow; prodseg deploy --alias production materialises it), then
+#    upload the model folder (configs, labels, the new version) to the store.
 ACCOUNT=\$($OUT.modelStoreBlobEndpoint.value -o tsv | sed -e 's#https://##' -e 's#\\..*##')
 az storage blob upload-batch --auth-mode login --account-name "\$ACCOUNT" --destination models \\
   --destination-path $MODEL_PREFIX/$MODEL --source model_repository/$MODEL --overwrite

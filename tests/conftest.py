@@ -7,6 +7,7 @@ every test that needs it, and both are stopped by PID when the session ends.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ import pytest
 from clients.contract import ModelContract
 from prodseg.stack import GatewayProcess, serving_env
 from prodseg.triton_server import TritonServer
+
+# Each scratch repository a test publishes into gets its own MLflow registry beside it; an exported
+# MLFLOW_TRACKING_URI would make them all share one, and their version numbers collide.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 # The committed default model reliably scores ~0.8 on generated shelf video; a broken pipeline
 # (wrong channel order, misaligned frames, resizing bugs) falls far below this.

@@ -2,6 +2,7 @@
 
 ``ingest`` checks an SKU-110K-format CSV, ``bootstrap`` turns its boxes into a mask dataset, and
 ``synth-boxes`` writes such a CSV from generated shelves for trying both without the real data.
+``data snapshot|versions|checkout`` version each model's feedback with DVC (training/data_versions.py).
 Only typer and the standard library are imported at load time: the rest inside the commands.
 """
 
@@ -19,6 +20,23 @@ CsvArgument = Annotated[
     Path, typer.Argument(help="annotations CSV: image_name,x1,y1,x2,y2,class,image_width,image_height")
 ]
 ImagesArgument = Annotated[Path, typer.Argument(help="folder holding the images the CSV names")]
+ModelOption = Annotated[str, typer.Option(help="the model whose feedback is versioned, e.g. shelf_segmenter")]
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(help="the DVC workspace (default: $PRODSEG_DATA_WORKSPACE, else out/data)"),
+]
+RemoteOption = Annotated[
+    str | None,
+    typer.Option(
+        help="DVC remote URL or folder "
+        "(default: $PRODSEG_DVC_REMOTE, else the workspace's, else out/dvc-remote)"
+    ),
+]
+
+data_app = typer.Typer(
+    help="Versioned datasets (DVC): snapshot each model's feedback, list versions, restore one.",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +44,138 @@ def register(app: typer.Typer) -> None:
     app.command()(ingest)
     app.command()(bootstrap)
     app.command("synth-boxes")(synth_boxes)
+    data_app.command()(snapshot)
+    data_app.command()(versions)
+    data_app.command()(checkout)
+    app.add_typer(data_app, name="data")
+
+
+def snapshot(
+    model: ModelOption,
+    message: Annotated[str | None, typer.Option(help="a note kept with the version")] = None,
+    feedback_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="the gateway's feedback folder (default: $PRODSEG_GATEWAY_DATA_DIR/feedback, "
+            "else out/gateway/feedback)"
+        ),
+    ] = None,
+    workspace: WorkspaceOption = None,
+    remote: RemoteOption = None,
+) -> None:
+    """Freeze a model's current feedback into a new data version (dvc add) and push it to the remote.
+
+    The complete entries of the gateway's index are copied into the workspace and added with DVC;
+    the version is `feedback/<model>/v<N>`. Nothing new since the last version: no version is made
+    (exit 0). A push that fails keeps the version in the local cache, says why and exits 1; the
+    next snapshot pushes it again.
+    """
+    from training.cli_output import console, fail
+    from training.data_versions import DataVersionError, DataWorkspace, DvcError, default_feedback_root
+
+    feedback_root = feedback_dir or default_feedback_root()
+    if not (feedback_root / model).is_dir():
+        known = sorted(p.name for p in feedback_root.glob("*") if (p / "index.jsonl").is_file())
+        raise fail(f"no feedback for {model} in {feedback_root} (models with feedback: {known or 'none'})")
+    store = DataWorkspace(workspace, remote)
+    try:
+        with console().status(f"Snapshotting the feedback of {model}"):
+            result = store.snapshot(model, feedback_root, message)
+    except (DataVersionError, OSError) as error:
+        raise fail(str(error)) from None
+    except DvcError as error:
+        console().print(f"[red]error:[/red] dvc failed in {store.root}: {error}")
+        raise typer.Exit(code=1) from None
+    if result.skipped:
+        console().print(
+            f"left out {len(result.skipped)} entries whose files are missing: {result.skipped[:5]}"
+        )
+    version = result.version
+    if version is None:
+        console().print(f"nothing to snapshot: {model} has no feedback entries yet")
+        return
+    if result.created:
+        console().print(f"{version.id}: {version.entries} entries, {version.files} files, md5 {version.md5}")
+    else:
+        console().print(f"nothing new since {version.id}: no new version")
+    if not version.pushed:
+        console().print(
+            f"[red]error:[/red] push of {version.id} to the DVC remote {version.remote} failed: "
+            f"{version.push_error}. The version is kept in {store.root}; the next snapshot pushes it again."
+        )
+        raise typer.Exit(code=1)
+    print(version.id)  # stdout: the version alone, for scripts
+
+
+def versions(
+    model: ModelOption,
+    workspace: WorkspaceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the versions as JSON")] = False,
+) -> None:
+    """List a model's data versions: id, entries, files, DVC md5, when, pushed to which remote."""
+    import json
+
+    from rich.table import Table
+
+    from training.cli_output import console, fail
+    from training.data_versions import DataVersionError, DataWorkspace
+
+    try:
+        found = DataWorkspace(workspace).versions(model)
+    except DataVersionError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        print(json.dumps([version.to_dict() for version in found], indent=2))
+        return
+    if not found:
+        console().print(f"{model} has no data versions yet (`prodseg data snapshot --model {model}`)")
+        return
+    table = Table("version", "entries", "files", "md5", "created", "remote", "message")
+    for version in found:
+        pushed = version.remote if version.pushed else f"[red]not pushed[/red] ({version.push_error})"
+        table.add_row(
+            version.id,
+            str(version.entries),
+            str(version.files),
+            version.md5,
+            version.created,
+            pushed,
+            version.message or "",
+        )
+    console().print(table)
+
+
+def checkout(
+    model: ModelOption,
+    version: Annotated[str, typer.Option(help="N, vN, feedback/<model>/vN or latest")] = "latest",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="an empty or new folder for the files (default: <workspace>/checkouts/<model>/v<N>)"
+        ),
+    ] = None,
+    workspace: WorkspaceOption = None,
+    remote: RemoteOption = None,
+) -> None:
+    """Restore a data version's files into a folder with `dvc pull` (local cache first, then the remote).
+
+    The folder is a dataset in the gateway's layout (segmentation: images/ + masks/), ready for a
+    training config's `data: {kind: folder, root: ...}`; the run then records this version.
+    """
+    from training.cli_output import console, fail
+    from training.data_versions import DataVersionError, DataWorkspace, DvcError
+
+    store = DataWorkspace(workspace, remote)
+    try:
+        restored, folder = store.checkout(model, version, out)
+    except (DataVersionError, OSError) as error:
+        raise fail(str(error)) from None
+    except DvcError as error:
+        remote_url = store.configured_remote()
+        console().print(f"[red]error:[/red] dvc pull of {model} {version} from {remote_url} failed: {error}")
+        raise typer.Exit(code=1) from None
+    console().print(f"{restored.id}: {restored.files} files in {folder}")
+    print(folder)
 
 
 def ingest(

@@ -33,7 +33,7 @@ from typing import Any
 
 from clients.contract import ModelContract, default_repository
 from training import registry
-from training.config import PROJECT_ROOT, PipelineConfig
+from training.config import PROJECT_ROOT, PipelineConfig, Sku110kSource
 from training.datasets import write_json_atomically
 from training.evaluate import Baseline, GateResult, gate
 from training.export import ParityResult, check_parity, engine_predictor, export_onnx, export_openvino
@@ -148,11 +148,17 @@ def prepare_data(
     tracker: Tracker | None = None,
     progress: Any = None,
 ) -> DataSplits:
-    """The splits of the config's data, built by the task's adapter; data.json records them."""
+    """The splits of the config's data, built by the task's adapter; data.json records them and the
+    run's lineage (kept from the first stage that wrote it: the data and code the run trained on)."""
     splits = config.adapter.build_splits(config, contract, run.root, progress)
     sizes = {f"{name}_images": len(getattr(splits, name)) for name in ("train", "val", "test")}
-    write_json_atomically(run.data_json, {"spec": config.to_dict()["data"], **sizes, **splits.report})
+    earlier = json.loads(run.data_json.read_text()) if run.data_json.is_file() else {}
+    lineage = earlier.get("lineage") or record_lineage(config)
+    write_json_atomically(
+        run.data_json, {"spec": config.to_dict()["data"], **sizes, **splits.report, "lineage": lineage}
+    )
     if tracker is not None:
+        tracker.set_tags(lineage_tags(lineage))
         numbers = {f"data/{k}": v for k, v in sizes.items()}
         for section, values in splits.report.items():  # e.g. bootstrap/<count>, skipped files
             if isinstance(values, dict):
@@ -161,6 +167,35 @@ def prepare_data(
                 numbers[f"data/{section}"] = len(values)
         tracker.log_metrics(numbers)
     return splits
+
+
+def record_lineage(config: PipelineConfig) -> dict[str, Any]:
+    """The data version a run trains on and the code commit that trains it (training/data_versions.py).
+
+    A folder or SKU-110K set is named by its DVC md5 when DVC tracks it, or by its feedback version
+    when it is a checkout of one; procedural data by its generator, seed and split sizes."""
+    from training.data_versions import code_commit, data_lineage
+
+    data = config.data
+    assert data is not None  # config_from_dict always sets it
+    paths: list[Path] = []
+    recipe = None
+    if isinstance(data, Sku110kSource):
+        paths = [data.path("images"), data.path("annotations")]
+    elif data.root is not None:
+        paths = [data.root]
+    else:
+        recipe = f"procedural:{data.generator}:seed={data.seed}:{data.train}/{data.val}/{data.test}"
+    return {"data_version": data_lineage(data.kind, paths, recipe), "code_commit": code_commit()}
+
+
+def lineage_tags(lineage: dict[str, Any]) -> dict[str, Any]:
+    """MLflow tags naming the data version and the code commit (MLflow's own git tag included)."""
+    commit = lineage["code_commit"]
+    tags = {"data_version": lineage["data_version"]["id"], "code_dirty": commit["dirty"]}
+    if commit["commit"]:
+        tags |= {"code_commit": commit["commit"], "mlflow.source.git.commit": commit["commit"]}
+    return tags
 
 
 def train_stage(
@@ -290,6 +325,7 @@ def publish_stage(
         raise GateRefused("the quality gate refused this model: " + "; ".join(decision["reasons"]))
     summary = run.read(run.train_json, "train")
     evaluation = run.read(run.evaluation / "evaluation.json", "evaluate")
+    lineage = run.read(run.data_json, "train").get("lineage") or {}
     card = registry.model_card(
         contract=contract,
         model=config.to_dict()["model"],
@@ -310,6 +346,8 @@ def publish_stage(
         gate=decision,
         config_file=config.source,
         mlflow=json.loads(run.run_json.read_text()) if run.run_json.is_file() else None,
+        data_version=lineage.get("data_version"),
+        code_commit=lineage.get("code_commit"),
         **config.adapter.card(evaluation),
     )
     extra = sorted(run.openvino.glob("model.*")) if config.export.openvino_ir else []

@@ -2,8 +2,9 @@
 
 ``prodseg pipeline`` runs every stage of :mod:`training.pipeline` from one config; ``train``,
 ``export``, ``evaluate`` and ``publish`` run one stage each on a run directory, in that order;
-``promote``/``rollback`` move an alias; ``build-engine`` builds TensorRT plans on a GPU machine;
-``azureml-job`` writes (and optionally submits) the Azure ML job of a config.
+``promote``/``rollback`` move an MLflow alias, ``deploy`` serves an alias's version from the
+repository (``registry sync`` registers what a fresh clone has on disk); ``build-engine`` builds
+TensorRT plans on a GPU machine; ``azureml-job`` writes (and optionally submits) the Azure ML job of a config.
 
 Exit codes: 0 done, 1 the quality gate refused the model, 2 bad input (one line on stderr, no
 traceback). Only typer and the standard library are imported at load time: the rest inside commands.
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from training.config import PipelineConfig
     from training.evaluate import GateResult
-    from training.registry import AliasChange
+    from training.registry import AliasChange, Deployment
     from training.tasks import Evaluation
 
 # Required: a config names the model and its task, and no model is the default.
@@ -50,8 +51,13 @@ TritonOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``; heavy imports stay inside the commands."""
-    for command in (pipeline, train, export, evaluate, publish, promote, rollback):
+    for command in (pipeline, train, export, evaluate, publish, promote, rollback, deploy):
         app.command()(command)
+    registry_app = typer.Typer(
+        help="The MLflow Model Registry, the registry of record.", no_args_is_help=True
+    )
+    registry_app.command("sync")(registry_sync)
+    app.add_typer(registry_app, name="registry")
     app.command("build-engine")(build_engine)
     app.command("azureml-job")(azureml_job)
 
@@ -278,10 +284,12 @@ def promote(
     repository: RepositoryOption = None,
     triton_url: TritonOption = None,
 ) -> None:
-    """Point an alias at a published version; for 'production', Triton's configs follow.
+    """Point an MLflow alias at a registered version; for 'production', Triton's configs follow.
 
-    Records the move in <model>/aliases.json (with its history) and, for the production alias,
-    pins version_policy to that version in config.pbtxt and every configs/*.pbtxt (comments kept).
+    Moves the alias in the MLflow Model Registry (MLFLOW_TRACKING_URI, else out/mlflow.db for this
+    checkout's repository) and keeps its history there for rollback. For the production alias this
+    is a deploy: the version's files are copied from MLflow if the repository lacks them, and
+    version_policy is pinned to it in config.pbtxt and every configs/*.pbtxt (comments kept).
     With --triton-url, asks a running Triton (explicit model control) to reload the model.
     """
     from clients.contract import default_repository
@@ -299,9 +307,9 @@ def rollback(
     repository: RepositoryOption = None,
     triton_url: TritonOption = None,
 ) -> None:
-    """Move an alias back to the version it pointed to before; for 'production', configs follow.
+    """Move an MLflow alias back to the version it pointed to before; for 'production', configs follow.
 
-    Fails (exit 2) when the alias has no earlier version in its history.
+    Fails (exit 2) when the alias has no earlier version in its history (kept in MLflow tags).
     """
     from clients.contract import default_repository
     from training import registry
@@ -310,6 +318,55 @@ def rollback(
     with _user_errors():
         change = registry.rollback(repository or default_repository(), model, alias, triton_url)
     _print_change(console(), change)
+
+
+def deploy(
+    model: ModelOption,
+    alias: Annotated[str, typer.Option(help="the MLflow alias whose version to serve")] = "production",
+    repository: RepositoryOption = None,
+    triton: Annotated[
+        str | None, typer.Option("--triton", help="a running Triton's HTTP address (host:port) to reload")
+    ] = None,
+) -> None:
+    """Serve an alias's version from the Triton repository, as the MLflow Model Registry says.
+
+    Resolves the alias in MLflow, copies that version's registered files into <repository>/<model>/<N>/
+    if they are missing there (through a staging folder and one rename), pins version_policy to it
+    in config.pbtxt and every configs/*.pbtxt, and with --triton asks Triton to reload the model.
+    Exits 2 when the alias points nowhere.
+    """
+    from clients.contract import default_repository
+    from training import registry
+    from training.cli_output import console
+
+    with _user_errors():
+        done = registry.deploy(repository or default_repository(), model, alias, triton)
+    _print_deployment(console(), model, done)
+
+
+def registry_sync(
+    model: ModelOption,
+    repository: RepositoryOption = None,
+) -> None:
+    """Register the repository's published versions that MLflow lacks; migrate an aliases.json.
+
+    A fresh clone has versions in git and an empty out/mlflow.db: this registers them from their
+    model cards (promote, rollback, deploy and publish do it too). A hand-written
+    <model>/aliases.json of an earlier release is moved into MLflow aliases and deleted.
+    """
+    from clients.contract import default_repository
+    from training import registry
+    from training.cli_output import console
+
+    with _user_errors():
+        report = registry.sync(repository or default_repository(), model)
+    out = console()
+    registered = ", ".join(map(str, report.registered)) or "none"
+    out.print(f"{model}: registered versions {registered}", highlight=False)
+    for alias, version in report.migrated.items():
+        out.print(f"  migrated alias {alias} -> version {version} from aliases.json", highlight=False)
+    for alias, reason in report.dropped.items():
+        out.print(f"  aliases.json's {alias} not migrated: {reason}", highlight=False)
 
 
 def build_engine(
@@ -396,7 +453,17 @@ def _print_evaluation(result: Evaluation, decision: GateResult) -> None:
 
 def _print_change(out: Console, change: AliasChange) -> None:
     out.print(f"{change.alias}: {change.previous} -> {change.version}")
+    if change.materialised:
+        out.print(f"  copied version {change.version}'s files from the MLflow registry")
     if change.configs:
         out.print(f"  pinned version {change.version} in {', '.join(change.configs)}")
     if change.reloaded:
+        out.print("  Triton reloaded the model")
+
+
+def _print_deployment(out: Console, model: str, done: Deployment) -> None:
+    source = "copied from the MLflow registry" if done.materialised else "already in the repository"
+    out.print(f"{model}: {done.alias} is version {done.version} ({source})", highlight=False)
+    out.print(f"  pinned version {done.version} in {', '.join(done.configs)}", highlight=False)
+    if done.reloaded:
         out.print("  Triton reloaded the model")

@@ -1,30 +1,33 @@
-"""The model registry is the Triton model repository itself: versions, cards, and named aliases.
+"""The model registry: versions in the Triton repository, registered in MLflow, with named aliases.
 
 * :func:`publish` writes the next integer version ``<repository>/<model>/<N>/`` (``model.onnx``,
   ``model_card.json``, ``MODEL_CARD.md``, a relative symlink ``model.py -> ../model.py``) through a
-  staging directory and one rename: Triton never sees half a version, and none is overwritten.
-* Aliases (``production``, ``staging``, ...) live in ``<model>/aliases.json``, each with the stack of
-  versions it pointed to and an append-only history. :func:`promote` pushes a version,
-  :func:`rollback` pops back to the previous one.
-* The served configs follow the ``production`` alias: promoting or rolling it back rewrites
-  ``version_policy`` to ``specific { versions: [N] }`` in ``config.pbtxt`` and every
-  ``configs/*.pbtxt``. The rewrite replaces only that field's text, so the files' comments stay, and
-  each new file is parsed with Triton's schema and checked to differ from the old one in nothing but
-  the version policy before anything is written. Without a ``production`` alias the configs keep
-  their ``latest`` policy.
+  staging directory and one rename: Triton never sees half a version, and none is overwritten. The
+  same version is registered as MLflow model version N first (:mod:`training.mlflow_registry`):
+  the MLflow Model Registry is the registry of record, and its numbers equal the folders'.
+* Aliases (``production``, ``staging``, ``challenger``) are MLflow aliases; :func:`promote` moves
+  one, :func:`rollback` moves it back to the version it pointed to before (the history is kept in
+  MLflow tags). A hand-written ``<model>/aliases.json`` of earlier releases is migrated into MLflow
+  on first use and deleted, and versions published but never registered (a fresh clone) are
+  registered from their cards.
+* :func:`deploy` materialises an alias's version from the registry: its files are copied into the
+  repository if missing and the served configs are pinned to it. Promoting or rolling back
+  ``production`` takes the same path. Pinning rewrites ``version_policy`` to
+  ``specific { versions: [N] }`` in ``config.pbtxt`` and every ``configs/*.pbtxt``; the rewrite
+  replaces only that field's text, so the files' comments stay, and each new file is parsed with
+  Triton's schema and checked to differ from the old one in nothing but the version policy before
+  anything is written. Without a ``production`` alias the configs keep their ``latest`` policy.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +35,9 @@ from typing import Any
 from clients.atomic import write_text
 from clients.contract import OUTPUTS, ModelContract
 from clients.repository import versions as published_versions
-from training.datasets import write_json_atomically
+from training.mlflow_registry import ALIASES_FILE, ModelEntry, RegistryError, SyncReport, model_lock
 
-ALIASES_FILE = "aliases.json"
 SERVED_ALIAS = "production"  # the alias the served configs' version_policy follows
-
-
-class RegistryError(ValueError):
-    """A registry operation that cannot be done; the message says which file or version and why."""
 
 
 def versions(repository: Path, model_name: str) -> list[int]:
@@ -64,13 +62,16 @@ def publish(
     model_name: str,
     extra_files: Sequence[Path] = (),
 ) -> int:
-    """Write the next integer version ``<repository>/<model>/<N>/`` and return N.
+    """Write the next integer version ``<repository>/<model>/<N>/``, register it in MLflow, return N.
 
     The version is assembled in a hidden temporary directory inside the model folder (same
-    filesystem, and Triton ignores non-integer names) and renamed into place, so Triton never loads a
-    half-written version; an existing version is never overwritten. ``model.py`` is a relative
-    symlink to the one python-backend runner at ``<repository>/<model>/model.py``. ``extra_files``
-    (e.g. an OpenVINO IR) are copied in beside ``model.onnx``.
+    filesystem, and Triton ignores non-integer names), registered as MLflow model version N (files
+    logged as artifacts), and renamed into place, so Triton never loads a half-written version; an
+    existing version is never overwritten. N is one past both the highest version folder and the
+    highest registered version; when MLflow would number it otherwise (a stray folder) nothing is
+    published. Publishers of one model take turns (a lock on its folder). ``model.py`` is a
+    relative symlink to the one python-backend runner at ``<repository>/<model>/model.py``.
+    ``extra_files`` (e.g. an OpenVINO IR) are copied in beside ``model.onnx``.
     """
     repository = Path(repository)
     model_dir = repository / model_name
@@ -83,18 +84,21 @@ def publish(
         for path in extra_files:
             shutil.copyfile(path, staging / Path(path).name)
         os.symlink(os.path.join("..", "model.py"), staging / "model.py")
-        while True:
-            version = 1 + max((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), default=0)
+        with model_lock(model_dir):
+            entry = ModelEntry(repository, model_name)
+            entry.sync()  # versions in git but not in a fresh store first, so the numbers line up
+            folders = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+            version = 1 + max([*folders, *entry.registered()], default=0)
             full_card = {**card, "model_name": model_name, "version": version}
             (staging / "model_card.json").write_text(json.dumps(full_card, indent=2) + "\n")
             (staging / "MODEL_CARD.md").write_text(card_markdown(full_card))
+            entry.register(version, staging, full_card)
             target = model_dir / str(version)
-            if target.exists():  # another publisher won the race: take the next number
-                continue
             try:
                 os.rename(staging, target)  # fails on a non-empty existing directory: no overwrite
-            except OSError:
-                continue
+            except OSError as error:
+                entry.unregister(version)
+                raise RegistryError(f"cannot publish {target}: {error}") from None
             return version
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -111,9 +115,14 @@ def model_card(
     parity: dict[str, Any],
     onnx_path: Path,
     opset: int,
+    data_version: dict[str, Any] | None = None,
+    code_commit: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """What a published version says about itself: contract, recipe, data, quality, provenance."""
+    """What a published version says about itself: contract, recipe, data, quality, provenance.
+
+    ``data_version`` and ``code_commit`` are the lineage (training/data_versions.py): the data
+    version it trained on and the commit (with a dirty flag) of the code that trained it."""
     import onnx
     import onnxruntime
     import openvino
@@ -155,6 +164,8 @@ def model_card(
         "classes": contract.labels.names,
         "normalisation": {"mean": list(MEAN), "std": list(STD), "in_graph": True},
         "data": data,
+        "data_version": data_version,
+        "code_commit": code_commit,
         "training": training,
         "evaluation": evaluation,
         "parity": parity,
@@ -212,11 +223,19 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"agreement with PyTorch: ORT / served ({served})",
             f"{parity.get('onnxruntime')} / {parity.get('served')}",
         ),
+        ("data version", str((card.get("data_version") or {}).get("id"))),
+        ("code commit", _commit_text(card.get("code_commit"))),
         ("created", str(card.get("created"))),
     ]
     lines = [f"# {card['model_name']} version {card['version']}", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     return "\n".join(lines) + "\n"
+
+
+def _commit_text(commit: dict[str, Any] | None) -> str:
+    if not commit or not commit.get("commit"):
+        return "unknown"
+    return commit["commit"] + {True: " (uncommitted changes)", False: "", None: ""}[commit.get("dirty")]
 
 
 # ----------------------------------------------------------------------------------------- aliases
@@ -229,48 +248,61 @@ class AliasChange:
     version: int
     configs: list[str]  # config files rewritten (only for the served alias)
     reloaded: bool  # a running Triton was told to reload
+    materialised: bool = False  # the version's files were copied into the repository from MLflow
 
 
-def read_aliases(repository: Path, model_name: str) -> dict[str, Any]:
-    path = Path(repository) / model_name / ALIASES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RegistryError(f"{path}: not valid JSON: {error}") from None
+@dataclass(frozen=True)
+class Deployment:
+    alias: str
+    version: int  # the version the alias points to, now served
+    materialised: bool  # its files were copied into the repository from MLflow
+    configs: list[str]  # config files pinned to it
+    reloaded: bool  # a running Triton was told to reload
+
+
+def sync(repository: Path, model_name: str) -> SyncReport:
+    """Register published versions MLflow lacks and migrate ``aliases.json`` (``prodseg registry sync``).
+
+    Promote, rollback, deploy and publish do the same first, so a fresh clone works without it.
+    """
+    entry = ModelEntry(Path(repository), model_name)
+    with model_lock(entry.model_dir):
+        return entry.sync()
 
 
 def alias_version(repository: Path, alias: str, model_name: str) -> int | None:
-    entry = read_aliases(repository, model_name).get(alias)
-    return entry["version"] if entry else None
+    """The version ``alias`` points to in MLflow, None when it points nowhere."""
+    entry = ModelEntry(Path(repository), model_name)
+    if not entry.model_dir.is_dir():
+        return None
+    if not entry.store_exists() and not (entry.model_dir / ALIASES_FILE).is_file():
+        return None  # nothing was ever registered here: no alias (and no empty store made to say so)
+    with model_lock(entry.model_dir):
+        entry.sync()
+        return entry.alias(alias)
+
+
+def history(repository: Path, model_name: str, alias: str = SERVED_ALIAS) -> list[dict[str, Any]]:
+    """The alias's recent moves (``action``, ``from``, ``to``, ``at``, ``by``), oldest first."""
+    entry = ModelEntry(Path(repository), model_name)
+    with model_lock(entry.model_dir):
+        return entry.history(alias)
 
 
 def resolve(repository: Path, ref: str | int, model_name: str) -> int:
-    """A version number from ``N``, ``latest`` or an alias name."""
-    published = versions(repository, model_name)
-    if isinstance(ref, int) or str(ref).isdigit():
-        version = int(ref)
-    elif ref == "latest":
-        if not published:
-            raise RegistryError(f"no published version of {model_name} in {repository}")
-        version = published[-1]
-    else:
-        found = alias_version(repository, str(ref), model_name)
-        if found is None:
-            raise RegistryError(f"{model_name} has no alias {ref!r} in {repository}")
-        version = found
-    if version not in published:
-        raise RegistryError(f"{model_name} version {version} is not published in {repository}")
-    return version
+    """A registered version number from ``N``, ``latest`` or an alias name."""
+    entry = ModelEntry(Path(repository), model_name)
+    with model_lock(entry.model_dir):
+        entry.sync()
+        return entry.resolve(ref)
 
 
 def baseline(repository: Path, alias: str, model_name: str) -> tuple[int, str | None] | None:
     """The version a new model is compared with: ``alias``'s, else the latest published, else None."""
     version = alias_version(repository, alias, model_name)
-    if version is not None and version in versions(repository, model_name):
-        return version, alias
     published = versions(repository, model_name)
+    if version is not None and version in published:
+        return version, alias
     return (published[-1], None) if published else None
 
 
@@ -281,66 +313,81 @@ def promote(
     alias: str = SERVED_ALIAS,
     triton_url: str | None = None,
 ) -> AliasChange:
-    """Point ``alias`` at ``version`` (a number, ``latest`` or another alias's name)."""
-    target = resolve(repository, version, model_name)
-    with _locked(repository, model_name) as aliases:
-        entry = aliases.get(alias, {"version": None, "stack": [], "history": []})
-        previous = entry["version"]
-        if previous != target:
-            entry["stack"].append(target)
-        entry["history"].append(_event("promote", previous, target))
-        entry["version"] = target
-        aliases[alias] = entry
-        configs = _serve(repository, model_name, target) if alias == SERVED_ALIAS else []
-    return AliasChange(alias, previous, target, configs, _reload(triton_url, model_name, configs))
+    """Point MLflow alias ``alias`` at ``version`` (a number, ``latest`` or another alias's name).
+
+    For ``production`` the version is deployed as by :func:`deploy`: its files are materialised
+    if missing and the served configs pinned to it, before the alias moves.
+    """
+    entry = ModelEntry(Path(repository), model_name)
+    with model_lock(entry.model_dir):
+        entry.sync()
+        target = entry.resolve(version)
+        previous, configs, materialised = _move_alias(entry, alias, target, "promote")
+    reloaded = _reload(triton_url, model_name, configs)
+    return AliasChange(alias, previous, target, configs, reloaded, materialised)
 
 
 def rollback(
     repository: Path, model_name: str, alias: str = SERVED_ALIAS, triton_url: str | None = None
 ) -> AliasChange:
     """Move ``alias`` back to the version it pointed to before its current one."""
-    with _locked(repository, model_name) as aliases:
-        entry = aliases.get(alias)
-        if entry is None:
-            raise RegistryError(f"{model_name} has no alias {alias!r} to roll back")
-        if len(entry["stack"]) < 2:
-            raise RegistryError(f"{alias} has no earlier version to roll back to (history: {entry['stack']})")
-        previous, target = entry["stack"][-1], entry["stack"][-2]
-        if target not in versions(repository, model_name):
-            raise RegistryError(f"cannot roll {alias} back to version {target}: it is no longer published")
-        entry["stack"].pop()
-        entry["history"].append(_event("rollback", previous, target))
-        entry["version"] = target
-        configs = _serve(repository, model_name, target) if alias == SERVED_ALIAS else []
-    return AliasChange(alias, previous, target, configs, _reload(triton_url, model_name, configs))
+    entry = ModelEntry(Path(repository), model_name)
+    with model_lock(entry.model_dir):
+        entry.sync()
+        _, target = entry.rollback_target(alias)
+        previous, configs, materialised = _move_alias(entry, alias, target, "rollback")
+    reloaded = _reload(triton_url, model_name, configs)
+    return AliasChange(alias, previous, target, configs, reloaded, materialised)
 
 
-def _event(action: str, previous: int | None, version: int) -> dict[str, Any]:
-    at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return {"action": action, "from": previous, "to": version, "at": at, "by": os.environ.get("USER", "")}
+def deploy(
+    repository: Path, model_name: str, alias: str = SERVED_ALIAS, triton_url: str | None = None
+) -> Deployment:
+    """Serve ``alias``'s version from ``repository``: resolve it in MLflow, copy its files in if they
+    are missing, pin the served configs to it, and ask Triton at ``triton_url`` to reload."""
+    entry = ModelEntry(Path(repository), model_name)
+    with model_lock(entry.model_dir):
+        entry.sync()
+        version = entry.alias(alias)
+        if version is None:
+            raise RegistryError(
+                f"alias {alias!r} of {model_name} points nowhere: MLflow ({entry.uri}) has no such alias"
+            )
+        materialised, pinned = _prepare_serving(entry, version)
+        configs = _write_configs(entry.model_dir, pinned)
+    return Deployment(alias, version, materialised, configs, _reload(triton_url, model_name, configs))
 
 
-@contextmanager
-def _locked(repository: Path, model_name: str) -> Iterator[dict[str, Any]]:
-    """aliases.json, read under an exclusive lock and written back (atomically) if the block succeeds."""
-    model_dir = Path(repository) / model_name
-    if not model_dir.is_dir():
-        raise RegistryError(f"{model_dir} does not exist")
-    with open(model_dir / f".{ALIASES_FILE}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        aliases = read_aliases(repository, model_name)
-        yield aliases
-        write_json_atomically(model_dir / ALIASES_FILE, aliases)
+def _move_alias(
+    entry: ModelEntry, alias: str, target: int, action: str
+) -> tuple[int | None, list[str], bool]:
+    """Move the alias; for the served alias, first materialise the version and check the pinned
+    configs, so a version that cannot be served leaves the alias where it was."""
+    materialised, pinned = False, {}
+    if alias == SERVED_ALIAS:
+        materialised, pinned = _prepare_serving(entry, target)
+    previous = entry.set_alias(alias, target, action)
+    return previous, _write_configs(entry.model_dir, pinned), materialised
 
 
-def _serve(repository: Path, model_name: str, version: int) -> list[str]:
-    """Pin every served config to ``version``; all files are checked before any is written."""
-    model_dir = Path(repository) / model_name
+def _prepare_serving(entry: ModelEntry, version: int) -> tuple[bool, dict[Path, str]]:
+    """Deploy's first half, shared with promote/rollback of production: the version's files in the
+    repository (copied from MLflow if missing: True) and every served config pinned to it, checked
+    but not yet written."""
+    materialised = entry.materialise(version)
+    return materialised, _pinned_configs(entry.model_dir, version)
+
+
+def _pinned_configs(model_dir: Path, version: int) -> dict[Path, str]:
+    """Every served config with version_policy pinned to ``version``, all checked, none written."""
     paths = [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
-    rewritten = {path: pin_version(path.read_text(), version, path) for path in paths if path.is_file()}
-    for path, text in rewritten.items():
+    return {path: pin_version(path.read_text(), version, path) for path in paths if path.is_file()}
+
+
+def _write_configs(model_dir: Path, pinned: dict[Path, str]) -> list[str]:
+    for path, text in pinned.items():
         write_text(path, text)
-    return [str(path.relative_to(model_dir)) for path in rewritten]
+    return [str(path.relative_to(model_dir)) for path in pinned]
 
 
 # -------------------------------------------------------------------------------- version_policy

@@ -26,7 +26,6 @@ def store(tmp_path: Path) -> Path:
         source / MODEL, store / MODEL, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copytree(store / MODEL / "1", store / MODEL / "2", symlinks=True)
-    (store / MODEL / "aliases.json").write_text('{"production": 2}\n')
     shutil.copytree(store / MODEL, store / SECOND, symlinks=True)
     shutil.rmtree(store / SECOND / "2")
     for config in [store / SECOND / "config.pbtxt", *(store / SECOND / "configs").glob("*.pbtxt")]:

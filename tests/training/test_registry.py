@@ -1,8 +1,10 @@
-"""The registry: publishing versions, aliases with history, and served configs that follow them."""
+"""The registry: publishing versions, aliases with history, and served configs that follow them.
+
+Aliases live in MLflow (each test has a scratch store); tests/training/test_mlflow_registry.py
+covers registration, migration and deploy in detail."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,12 +12,19 @@ import pytest
 
 pytest.importorskip("torch")  # the training extra; serving-only installs skip this module
 
+from mlflow.tracking import MlflowClient  # noqa: E402
+
 from clients.contract import ModelContract, default_repository, read_model_config  # noqa: E402
+from tests.training import mlflow_helpers  # noqa: E402
 from tests.training.helpers import make_repository, served_versions  # noqa: E402
 from training import registry  # noqa: E402
 from training.registry import RegistryError  # noqa: E402
 
 MODEL = "shelf_segmenter"
+
+# A scratch MLflow store per test (tests/training/mlflow_helpers.py): never out/mlflow.db.
+empty_mlflow_store = mlflow_helpers.empty_mlflow_store
+mlflow_uri = mlflow_helpers.mlflow_uri
 
 
 def publish_dummy(repository: Path, note: str) -> int:
@@ -25,7 +34,7 @@ def publish_dummy(repository: Path, note: str) -> int:
 
 
 @pytest.fixture
-def repository(tmp_path: Path) -> Path:
+def repository(tmp_path: Path, mlflow_uri: str) -> Path:
     return make_repository(tmp_path / "repo")
 
 
@@ -55,9 +64,11 @@ def test_publish_writes_next_version_and_never_overwrites(repository: Path, tmp_
     assert link.is_symlink() and os.readlink(link) == "../model.py"
     assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".publish")]  # no staging left
 
-    (model_dir / "7").mkdir()  # a gap in numbering: the next is after the highest
-    assert registry.publish(first, {}, repository, MODEL) == 8
-    assert registry.versions(repository, MODEL) == [1, 2, 8]  # 7 is empty: not a published version
+    (model_dir / "7").mkdir()  # a gap in numbering: MLflow would call the next one 3, not 8
+    with pytest.raises(RegistryError, match="the numbers must stay equal"):
+        registry.publish(first, {}, repository, MODEL)
+    assert registry.versions(repository, MODEL) == [1, 2]  # 7 is empty: not a published version
+    assert not (model_dir / "8").exists()
 
 
 def test_publish_needs_a_model_config(tmp_path: Path) -> None:
@@ -120,13 +131,13 @@ def test_promote_and_rollback_move_the_alias_and_the_served_configs(repository: 
     back = registry.rollback(repository, MODEL)
     assert (back.previous, back.version) == (3, 1)
     assert set(map(tuple, served_versions(repository).values())) == {(1,)}
-    aliases = json.loads((model_dir / "aliases.json").read_text())["production"]
-    assert aliases["stack"] == [1]
-    assert [(e["action"], e["from"], e["to"]) for e in aliases["history"]] == [
+    assert registry.alias_version(repository, "production", MODEL) == 1
+    assert [(e["action"], e["from"], e["to"]) for e in registry.history(repository, MODEL)] == [
         ("promote", None, 1),
         ("promote", 1, 3),
         ("rollback", 3, 1),
     ]
+    assert not (model_dir / "aliases.json").exists()  # MLflow holds the aliases, no file does
     with pytest.raises(RegistryError, match="no earlier version to roll back to"):
         registry.rollback(repository, MODEL)
 
@@ -139,7 +150,7 @@ def test_other_aliases_leave_the_served_configs_alone(repository: Path) -> None:
     assert (repository / MODEL / "config.pbtxt").read_text() == before
 
 
-def test_bad_references_are_registry_errors(repository: Path) -> None:
+def test_bad_references_are_registry_errors(repository: Path, mlflow_uri: str) -> None:
     with pytest.raises(RegistryError, match="no published version"):
         registry.promote(repository, MODEL, "latest")
     publish_dummy(repository, "a")
@@ -149,7 +160,7 @@ def test_bad_references_are_registry_errors(repository: Path) -> None:
         registry.promote(repository, MODEL, "canary")
     with pytest.raises(RegistryError, match="no alias 'production' to roll back"):
         registry.rollback(repository, MODEL)
-    assert not (repository / MODEL / "aliases.json").exists()  # failed operations wrote nothing
+    assert MlflowClient(mlflow_uri).get_registered_model(MODEL).aliases == {}  # failures moved none
 
 
 def test_baseline_prefers_the_alias_then_the_latest(repository: Path) -> None:

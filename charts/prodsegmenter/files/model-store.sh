@@ -5,9 +5,9 @@
 #   model-store.sh sync          copy each model of $MODELS ("name=version name=v1,v2 ...") into $MODEL_DIR
 #   model-store.sh upload-plans  upload $PLAN_DIR/*.plan next to $MODEL_NAME version $MODEL_VERSION's model.onnx
 #
-# sync copies each model folder's own files (config.pbtxt, configs/, labels.txt, model.py,
-# aliases.json) and the version folders the release names for it (one, or both sides of an A/B
-# test: name=1,2), so a pod can only ever serve the versions its Deployment names. Sources: MODEL_SOURCE=blob (Azure Blob Storage, signed in with
+# sync copies each model folder's own files (config.pbtxt, configs/, labels.txt, model.py; aliases
+# live in the MLflow Model Registry, not in the store) and the version folders the release names
+# for it (one, or both sides of an A/B test: name=1,2), so a pod can only ever serve the versions its Deployment names. Sources: MODEL_SOURCE=blob (Azure Blob Storage, signed in with
 # the pod's workload identity: no keys) or MODEL_SOURCE=pvc (a mounted volume at $STORE_DIR).
 set -eu
 

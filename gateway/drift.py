@@ -45,6 +45,7 @@ from clients.drift import INSUFFICIENT_DATA, DriftReference, DriftSettings, Samp
 log = logging.getLogger(__name__)
 
 NUMERIC_STATISTICS = ("ks", "psi", "wasserstein")
+HISTORY_LENGTH = 720  # evaluations GET .../drift returns: 6 hours at the default one every 30 s
 
 
 class DriftMetrics:
@@ -150,6 +151,8 @@ class DriftMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._metrics = DriftMetrics.for_registry(registry)
+        # The verdicts over time, so a page (or an operator's curl) sees more than the latest one.
+        self._history: deque[dict] = deque(maxlen=HISTORY_LENGTH)
         self._report: dict = self._evaluate_now()  # insufficient_data until samples arrive
 
     @classmethod
@@ -258,11 +261,20 @@ class DriftMonitor:
         report = self.reference.compare(samples, self.settings)
         report |= {"window": self._window.maxlen, "evaluated_at": time.time()}
         self._publish(report)
+        self._history.append(
+            {
+                "evaluated_at": report["evaluated_at"],
+                "status": report["status"],
+                "samples": report["samples"],
+                "drifted": len(report["drifted_features"]),
+            }
+        )
         return report
 
     def report(self) -> dict:
-        """The last evaluation (``status``: ok | drift | insufficient_data) and the queue's state."""
-        return self._report | {"queued": self._queue.qsize()}
+        """The last evaluation (``status``: ok | drift | insufficient_data), the queue's state and
+        ``history``: the last ``HISTORY_LENGTH`` evaluations' verdicts, oldest first."""
+        return self._report | {"queued": self._queue.qsize(), "history": list(self._history)}
 
     def _publish(self, report: dict) -> None:
         m, model = self._metrics, self.model_name

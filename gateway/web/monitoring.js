@@ -100,8 +100,9 @@ async function loadMonitoring(state, model) {
 
 // ---- drift: GET /v1/models/{m}/drift is the monitor's last evaluation (gateway/drift.py,
 // clients/drift.py): status ok | drift | insufficient_data, the window's size, the settings it was
-// judged by and, once the window is big enough, one test per feature. The gateway keeps no history,
-// so the page keeps the evaluations it has seen (per model, for this tab) and plots them.
+// judged by and, once the window is big enough, one test per feature, plus ``history``: the verdicts
+// of its recent evaluations, which the page plots (an older gateway without it: the page keeps the
+// evaluations it has seen, per model, for this tab).
 
 const DRIFT_POLL_MS = 5000; // while the Monitoring tab is shown
 const HISTORY_POINTS = 720; // an hour at the poll rate
@@ -120,6 +121,7 @@ function driftHistory(model) {
 
 // One point per evaluation (a report fetched twice between evaluations counts once).
 function remember(report) {
+  if (Array.isArray(report.history)) return report.history.slice(-HISTORY_POINTS);
   const history = driftHistory(report.model);
   if (history.length && history.at(-1).evaluated_at === report.evaluated_at) return history;
   history.push({
@@ -208,8 +210,8 @@ function drawDriftHistory(history) {
   container.append(
     text(
       history.length > 1
-        ? `History in this tab: ${history.length} evaluations since ${since}, drift in ${alarms}.`
-        : "History: the plot starts once this tab has seen two evaluations (it refreshes every 5 s)."
+        ? `History: ${history.length} evaluations since ${since}, drift in ${alarms}.`
+        : "History: the plot starts after two evaluations (the page refreshes every 5 s)."
     )
   );
   if (history.length < 2) return;

@@ -73,7 +73,9 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"PRODSEG_{name}", default)
 
 
-def _unit_interval(name: str, value: float) -> float:
+def _fraction(name: str, default: str) -> float:
+    """``PRODSEG_<name>`` as a number in [0, 1] (the default when unset); out of range: named."""
+    value = float(_env(name, default))
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"PRODSEG_{name} must be in [0, 1], got {value}")
     return value
@@ -116,36 +118,18 @@ class ActiveLearningSettings:
     # Defaults measured on the published models (ONNX Runtime, generated data, 2026-12-01): the
     # returns classifier falls under them on ~5% of held-out-style images and ~35% of noise images; the
     # mask detector's band rule flags most noise images and a minority of held-out-style scenes.
-    min_confidence: float = field(
-        default_factory=lambda: _unit_interval(
-            "TO_LABEL_MIN_CONFIDENCE", float(_env("TO_LABEL_MIN_CONFIDENCE", "0.5"))
-        )
-    )
-    min_margin: float = field(
-        default_factory=lambda: _unit_interval(
-            "TO_LABEL_MIN_MARGIN", float(_env("TO_LABEL_MIN_MARGIN", "0.1"))
-        )
-    )
+    min_confidence: float = field(default_factory=lambda: _fraction("TO_LABEL_MIN_CONFIDENCE", "0.5"))
+    min_margin: float = field(default_factory=lambda: _fraction("TO_LABEL_MIN_MARGIN", "0.1"))
     detection_band: tuple[float, float] = field(
         default_factory=lambda: _band(_env("TO_LABEL_DETECTION_BAND", "0.3,0.5"))
     )
-    uncertain_share: float = field(
-        default_factory=lambda: _unit_interval(
-            "TO_LABEL_UNCERTAIN_SHARE", float(_env("TO_LABEL_UNCERTAIN_SHARE", "0.75"))
-        )
-    )
-    rare_output_tail: float = field(
-        default_factory=lambda: _unit_interval(
-            "TO_LABEL_RARE_OUTPUT_TAIL", float(_env("TO_LABEL_RARE_OUTPUT_TAIL", "0.005"))
-        )
-    )
+    uncertain_share: float = field(default_factory=lambda: _fraction("TO_LABEL_UNCERTAIN_SHARE", "0.75"))
+    rare_output_tail: float = field(default_factory=lambda: _fraction("TO_LABEL_RARE_OUTPUT_TAIL", "0.005"))
     watch: dict[str, tuple[str, ...]] = field(default_factory=lambda: _watch(_env("TO_LABEL_WATCH", "")))
     # A panning shelf video's consecutive masks agree at mean IoU ~0.72 (0.67 at worst); a scene cut
     # at ~0.46. Detection match ratio and classification agreement use the same threshold.
     min_frame_agreement: float = field(
-        default_factory=lambda: _unit_interval(
-            "TO_LABEL_MIN_FRAME_AGREEMENT", float(_env("TO_LABEL_MIN_FRAME_AGREEMENT", "0.5"))
-        )
+        default_factory=lambda: _fraction("TO_LABEL_MIN_FRAME_AGREEMENT", "0.5")
     )
     video_gap_frames: int = field(default_factory=lambda: int(_env("TO_LABEL_VIDEO_GAP_FRAMES", "30")))
 

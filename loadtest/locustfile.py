@@ -26,6 +26,7 @@ from locust import HttpUser, LoadTestShape, User, events, task  # noqa: E402
 from locust.runners import LOCUST_STATE_STOPPING  # noqa: E402
 
 from clients.contract import ModelContract  # noqa: E402
+from clients.triton_client import CHANNEL_ARGS, grpc_target  # noqa: E402
 from loadtest.camera import CameraStream  # noqa: E402
 from loadtest.stats import RunRecorder  # noqa: E402
 from loadtest.triton_metrics import TritonSnapshot  # noqa: E402
@@ -37,7 +38,9 @@ RECORDER = RunRecorder()
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    parser.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    parser.add_argument(
+        "--triton-grpc", default="127.0.0.1:8001", help="Triton gRPC host:port (or h1:p,h2:p)"
+    )
     parser.add_argument("--model", default="shelf_segmenter", help="the model the cameras stream to")
     parser.add_argument("--triton-metrics", default="", help="Triton metrics URL (optional)")
     parser.add_argument("--camera-fps", type=float, default=30.0)
@@ -101,7 +104,11 @@ class CameraUser(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        self.client = grpcclient.InferenceServerClient(options.triton_grpc)
+        # Several replicas (``h1:p,h2:p``): one channel balancing frame by frame, as the SDK does.
+        several = "," in options.triton_grpc
+        self.client = grpcclient.InferenceServerClient(
+            grpc_target(options.triton_grpc), channel_args=CHANNEL_ARGS if several else None
+        )
         self.camera = CameraStream(
             self._infer,
             FRAMES,

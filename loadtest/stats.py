@@ -53,6 +53,7 @@ class RunRecorder:
         self.started = 0.0
         self.triton_before = None
         self._cameras: dict[int, int] = {}  # id(user) -> frames completed since the last sample
+        self.drop_times: list[float] = []  # wall clock of every dropped frame (for time windows)
         self._sampler: gevent.Greenlet | None = None
 
     def attach(self, environment) -> None:
@@ -92,6 +93,7 @@ class RunRecorder:
             step.failed += 1
 
     def dropped(self, user) -> None:
+        self.drop_times.append(time.time())
         if (step := self._step()) is not None:
             step.dropped += 1
 

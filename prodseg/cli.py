@@ -18,6 +18,7 @@ from prodseg.ab_cli import ab_app
 from prodseg.batch_cli import batch_app
 from prodseg.drift_cli import drift_app
 from prodseg.keys_cli import keys_app
+from prodseg.rollout import command as rollout_command
 
 app = typer.Typer(
     help="ProdSegmenter: segment products on grocery-shelf video with NVIDIA Triton.",
@@ -32,6 +33,7 @@ app.add_typer(ab_app, name="ab")
 app.add_typer(drift_app, name="drift")
 app.add_typer(batch_app, name="batch")
 app.add_typer(keys_app, name="keys")
+app.command(name="rollout")(rollout_command)
 console = Console(stderr=True)
 
 

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 
 from clients import config_text
-from clients.atomic import write_text
 from clients.contract import default_repository
+from prodseg.rollout import write_served_versions
 
 ab_app = typer.Typer(help="A/B tests between model versions, split by the gateway.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -50,17 +50,7 @@ def parse_split(text: str) -> dict[str, int]:
 def serve_versions(repository: Path, model: str, versions: list[int]) -> list[str]:
     """Write ``version_policy: specific`` with ``versions`` into every config of the model."""
     model_dir = repository / model
-    paths = [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
-    missing = [v for v in versions if not (model_dir / str(v)).is_dir()]
-    if missing:
-        raise ValueError(f"{model} has no published version {missing}")
-    policy = f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, versions))} ] }} }}"
-    rewritten = {
-        path: config_text.replace_field(path.read_text(), "version_policy", policy) for path in paths
-    }
-    for path, text in rewritten.items():
-        write_text(path, text)
-    return [str(path.relative_to(model_dir)) for path in rewritten]
+    return [str(path.relative_to(model_dir)) for path in write_served_versions(model_dir, versions)]
 
 
 def reload_model(triton_http: str, model: str) -> None:

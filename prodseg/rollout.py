@@ -129,7 +129,7 @@ def write_served_versions(model_dir: Path, served: Sequence[int]) -> list[Path]:
     """
     missing = [v for v in served if v not in published_versions(model_dir)]
     if missing:
-        raise RolloutError(f"{model_dir} has no published version {missing}")
+        raise RolloutError(f"{model_dir.name} has no published version {missing} in {model_dir.parent}")
     rewritten = {
         path: config_text.serve_versions(path.read_text(), list(served)) for path in model_configs(model_dir)
     }

@@ -34,9 +34,9 @@ from gateway.store import GatewayStore
 from prodseg.processes import start_child, stop_process_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_COMMAND = (
-    "{python} -m prodseg.cli pipeline --config {config} --run-dir {run_dir} --set publish.promote=staging"
-)
+# `prodseg retrain` (training/retrain.py): base data + the feedback's data version, gated on a
+# feedback hold-out against production; it sets at most `staging`.
+DEFAULT_COMMAND = "{python} -m prodseg.cli retrain --model {model} --config {config} --run-dir {run_dir}"
 PUBLISHED = re.compile(r"published (\S+) version (\d+)")
 
 

@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``; heavy imports stay inside the commands."""
     for command in (pipeline, train, export, evaluate, publish, promote, rollback, deploy):
         app.command()(command)
+    app.command()(retrain)  # training/retrain.py: feedback -> candidate -> gate -> staging
     registry_app = typer.Typer(
         help="The MLflow Model Registry, the registry of record.", no_args_is_help=True
     )
@@ -163,6 +164,60 @@ def pipeline(
     console().print(f"published {loaded.publish.model_name} version {result.version}")
     if result.promoted is not None:
         console().print(f"{result.promoted.alias} -> version {result.promoted.version}")
+
+
+def retrain(
+    model: ModelOption,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="training config (default: the one in training/configs/ naming MODEL)"
+        ),
+    ] = None,
+    feedback_dir: Annotated[
+        Path | None,
+        typer.Option(help="the gateway's feedback folder (default: $PRODSEG_GATEWAY_DATA_DIR/feedback)"),
+    ] = None,
+    holdout: Annotated[
+        float, typer.Option(help="share of the corrections held out to compare with production")
+    ] = 0.3,
+    repository: RepositoryOption = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="run directory (default: out/runs/retrain-<model>-<time>)")
+    ] = None,
+    sets: SetOption = None,
+) -> None:
+    """Retrain MODEL on its base data plus the users' corrections, gated on a feedback hold-out.
+
+    Snapshots the feedback into a data version (DVC), holds out part of the corrections, trains on the
+    config's data plus the rest (warm-started from production's weights when its checkpoint is here),
+    gates on the base test split (no regression beyond gate.max_regression against production) and on
+    the hold-out (the candidate must beat production there), then publishes, registers and sets
+    'staging'; production never moves. RUN_DIR/retrain.json logs the loop. No correction since the
+    newest version: exit 0, no version. Gate refused: exit 1.
+    """
+    from training.cli_output import console, fail
+    from training.data_versions import DvcError
+    from training.retrain import NothingToRetrain, training_config_for
+    from training.retrain import retrain as run_retrain
+
+    config = config or training_config_for(model)
+    if config is None:
+        raise fail(f"no config in training/configs/ names {model}: pass --config")
+    with _user_errors():
+        loaded = _config(config, sets, {"publish.repository": repository, "model_name": model})
+        try:
+            with _progress() as progress:
+                result = run_retrain(loaded, feedback_dir, holdout, run_dir, progress=progress)
+        except NothingToRetrain as nothing:
+            console().print(f"nothing to retrain: {nothing}; no new version", highlight=False)
+            return
+        except (ValueError, DvcError) as error:  # a bad --holdout or run dir; DVC's own failure
+            raise fail(str(error)) from None
+    _print_retrain(console(), result.log)
+    if result.version is None:
+        console().print("[red]refused:[/red] the quality gate did not pass; nothing was published")
+        raise typer.Exit(code=1)
 
 
 def train(
@@ -449,6 +504,29 @@ def _print_evaluation(result: Evaluation, decision: GateResult) -> None:
     console().print(f"test on {result.images} images ({result.engine}): {scores}", highlight=False)
     for line in decision.checks:
         console().print(f"  gate {line}", highlight=False, markup=False)
+
+
+def _print_retrain(out: Console, log: dict) -> None:
+    """The loop as a log: feedback counts, data version, warm start, gate figures, version, aliases."""
+    feedback, gate = log["feedback"], log["gate"]
+    lines = [
+        f"feedback: {feedback['entries']} entries in {feedback['data_version']}, {feedback['corrections']} "
+        f"corrections ({feedback['new_since_last_version']} since version {feedback['last_version']}): "
+        f"{feedback['train']} trained on (x{feedback['train_repeat']}), {feedback['holdout']} held out",
+        f"data version: {log['data_version']}",
+        f"warm start: version {log['warm_start']['from']}"
+        if log["warm_start"]["from"] is not None
+        else f"warm start: none ({log['warm_start']['reason']})",
+        f"trained {log['train']['steps']} steps on {log['train']['train_images']} images "
+        f"(run {log['run_dir']})",
+        *[f"  gate {line}" for line in gate["checks"]],
+    ]
+    if log["version"] is not None:
+        lines.append(f"published {log['model']} version {log['version']}")
+    lines += [f"{move['alias']}: {move['from']} -> {move['to']}" for move in log["aliases"]]
+    lines.append(f"production: version {log['production']} (unchanged)")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
 
 
 def _print_change(out: Console, change: AliasChange) -> None:

@@ -441,9 +441,11 @@ async def write_rows(
 
 
 # Each request costs about the same fixed time in gRPC and the python backend whatever its size:
-# small images (a 128 px classifier) travel many to a request, large ones (a 384x640 shelf frame:
-# 2 per request measured best here, see shared NOTES) few.
-REQUEST_BYTES = 1_500_000
+# small images (a 64 px classifier) travel many to a request, large ones few. A batch job has no
+# latency to protect, so requests are large: ~3.2 MB of pixels (shelf 4, crack 10, detector 8 per
+# request) ran the batch job at 0.95, 1.2 and 0.89 of the bare engine where 1.5 MB (2, 4, 3) ran it
+# at 0.85, 0.88 and 0.78 (benchmarks/results/batch.json, 2026-12-01).
+REQUEST_BYTES = 3_200_000
 
 
 def frames_per_request_for(contract: ModelContract, requested: int = 0) -> int:

@@ -33,7 +33,9 @@ class GatewayProcess:
     port: int = 0
     data_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "out" / "gateway")
     env: dict[str, str] = field(default_factory=dict)
-    startup_timeout_s: float = 60.0
+    # Imports, model contracts, drift references and Triton's readiness: seconds on a quiet machine,
+    # but a fresh-clone test run on 2 loaded cores once needed about a minute.
+    startup_timeout_s: float = 120.0
     process: subprocess.Popen | None = field(default=None, init=False)
     log_path: Path | None = field(default=None, init=False)
 

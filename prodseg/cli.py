@@ -73,7 +73,10 @@ def serve(
         metrics_port=metrics_port,
     )
     # SIGTERM (kubectl, systemd, a test) stops the stack the same way Ctrl-C does, even mid-startup.
+    # SIGINT too, explicitly: started in the background by a non-interactive shell (`... &`) a
+    # process inherits SIGINT ignored, and Python then installs no Ctrl-C handler of its own.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     stack, exit_code = None, 0
     try:
         with console.status("Starting Triton and the gateway"):

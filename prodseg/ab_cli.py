@@ -20,7 +20,7 @@ from rich.console import Console
 
 from clients import config_text
 from clients.contract import default_repository
-from prodseg.rollout import write_served_versions
+from prodseg.rollout import TritonAdmin, write_served_versions
 
 ab_app = typer.Typer(help="A/B tests between model versions, split by the gateway.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -54,9 +54,12 @@ def serve_versions(repository: Path, model: str, versions: list[int]) -> list[st
 
 
 def reload_model(triton_http: str, model: str) -> None:
-    response = httpx.post(f"http://{triton_http}/v2/repository/models/{model}/load", timeout=120)
-    if response.status_code != 200:
-        raise RuntimeError(f"Triton at {triton_http} did not reload {model}: {response.text}")
+    """Ask Triton to re-read the model's config (the rollout's one model-repository client)."""
+    admin = TritonAdmin(triton_http, load_timeout_s=120)
+    try:
+        admin.load(model)
+    finally:
+        admin.close()
 
 
 def _headers() -> dict[str, str]:

@@ -54,6 +54,14 @@ loadtest: install
 	$(VENV)/bin/python -m loadtest.run --prometheus --steps $(STEPS) --step-seconds $(STEP_SECONDS) --fps $(FPS) \
 		$(if $(HOST),--host $(HOST) --triton-grpc $(TRITON_GRPC) $(if $(TRITON_METRICS),--triton-metrics $(TRITON_METRICS)))
 
+# A long steady run, NOT part of `make test` (30 minutes; run it on an otherwise idle machine): cameras
+# and uploads at ~80% of the capacity a short ramp measures, every stack process's RSS, descriptors and
+# files sampled; results in benchmarks/results/soak.json and soak.png. `make soak SOAK_MINUTES=5`.
+.PHONY: soak
+SOAK_MINUTES ?= 30
+soak: install
+	$(VENV)/bin/python -m loadtest.soak --minutes $(SOAK_MINUTES) --out benchmarks/results
+
 # The benchmark suite (minutes; run it on an otherwise idle machine): results in benchmarks/results/.
 perf-analyzer: install
 	bash benchmarks/install-perf-analyzer.sh

@@ -8,7 +8,8 @@ In one run, with one embedded Triton and one gateway started for it, each repeat
 - gRPC client -> Triton (dynamic batching) at several windows: requests in flight x frames each;
 - the gateway video job end to end (upload, decode, infer via Triton, overlay, encode);
 - the seed-style baseline (FastAPI + PyTorch eager, JSON/base64 per frame);
-and once: NVIDIA perf_analyzer 2.51 against the same Triton, if installed (make perf-analyzer).
+and once: NVIDIA perf_analyzer 2.51 against the same Triton, if installed (make perf-analyzer);
+then the video-at-scale figures (``benchmarks/scale.py``: wire, temporal reuse, cameras per replica).
 Medians over repeats go to benchmarks/results/<name>.json, <name>.md and <name>.png.
 """
 
@@ -471,10 +472,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--name", default="suite")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--skip-scale", action="store_true", help="leave out benchmarks.scale (~10 min)")
     args = parser.parse_args(argv)
     work = PROJECT_ROOT / "out" / "bench"
     result = run(args.repeats, args.seconds, args.frames, work)
     write(result, args.name, args.out)
+    if not args.skip_scale and args.name == "suite":  # scale.json, and suite.json's ``scale``
+        from benchmarks.scale import measure_scale
+        from benchmarks.scale import write as write_scale
+
+        write_scale(measure_scale(work / "scale", args.repeats), args.out)
     shutil.rmtree(work, ignore_errors=True)
     print((args.out / f"{args.name}.md").read_text())
 

@@ -4,6 +4,10 @@ A camera does not wait for the server. When a frame arrives and the window is fu
 dropped and counted: overload shows as drops and a lower achieved FPS, never as a growing queue of
 stale frames. A frame that fails (Triton refuses it, a corrupt frame) is counted and the stream goes
 on. Results come back in frame order with their latency.
+
+With temporal reuse (``reuse``, ``clients.temporal.LiveReuse``) only keyframes are sent; the frames
+between get their keyframe's result carried along the camera's motion. Such a frame costs no Triton
+call, so it is never dropped for a full window: only keyframes count against it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import cv2
 import numpy as np
 
 from clients.results import FrameResult
+from clients.temporal import REUSE_OFF, LiveReuse, ReuseSettings
 from clients.triton_client import TritonModelClient
 
 ResultHandler = Callable[[np.ndarray, FrameResult, float], None]  # (frame, result, latency seconds)
@@ -26,13 +31,15 @@ ResultHandler = Callable[[np.ndarray, FrameResult, float], None]  # (frame, resu
 @dataclass
 class StreamStats:
     captured: int = 0
-    sent: int = 0
+    sent: int = 0  # frames sent to Triton: the engine calls
+    propagated: int = 0  # frames given their keyframe's result moved along (temporal reuse)
     completed: int = 0
     failed: int = 0
     dropped: int = 0
     seconds: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    reuse: dict | None = None  # temporal reuse's figures (clients.temporal.ReuseStats), when on
 
     @property
     def achieved_fps(self) -> float:
@@ -43,6 +50,8 @@ class StreamStats:
         return {
             "captured": self.captured,
             "sent": self.sent,
+            "engine_calls": self.sent,
+            "propagated": self.propagated,
             "completed": self.completed,
             "failed": self.failed,
             "dropped": self.dropped,
@@ -51,7 +60,7 @@ class StreamStats:
             "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
             "latency_ms_p95": round(float(np.percentile(latencies, 95)), 2),
             "errors": self.errors[:10],
-        }
+        } | ({"reuse": self.reuse} if self.reuse is not None else {})
 
 
 async def stream_live(
@@ -61,12 +70,15 @@ async def stream_live(
     window: int = 2,
     on_result: ResultHandler | None = None,
     paced: bool = True,
+    reuse: ReuseSettings = REUSE_OFF,
 ) -> StreamStats:
     """Send ``frames`` at ``fps`` (``paced``: a file played as a camera) with at most ``window`` in flight."""
     if fps <= 0 or window < 1:
         raise ValueError("a live stream needs fps > 0 and window >= 1")
     stats, interval = StreamStats(), 1.0 / fps
-    in_flight: deque[tuple[np.ndarray, asyncio.Task, float]] = deque()
+    in_flight: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
+    engine_requests: set[asyncio.Future] = set()  # what counts against the window
+    temporal = LiveReuse(reuse) if reuse.enabled else None
     started = next_tick = time.monotonic()
 
     async def finish_oldest() -> None:
@@ -93,12 +105,24 @@ async def stream_live(
             stats.captured += 1
             while in_flight and in_flight[0][1].done():
                 await finish_oldest()
-            if len(in_flight) >= window:
+            arrived = time.monotonic()
+            plan = await temporal.plan(frame) if temporal else None
+            if plan is not None and not plan.keyframe:
+                stats.propagated += 1
+                in_flight.append((frame, temporal.propagated(plan), arrived))
+                continue
+            if len(engine_requests) >= window:
                 stats.dropped += 1
+                if plan is not None:
+                    temporal.skipped(plan)
                 continue
             stats.sent += 1
             task = asyncio.ensure_future(client.predict_image(frame))
-            in_flight.append((frame, task, time.monotonic()))
+            if plan is not None:
+                task = temporal.adopt(plan, task)
+            engine_requests.add(task)
+            task.add_done_callback(engine_requests.discard)
+            in_flight.append((frame, task, arrived))
             await asyncio.sleep(0)  # let the request start before the next frame's tick
         while in_flight:
             await finish_oldest()
@@ -106,6 +130,8 @@ async def stream_live(
         for _, task, _ in in_flight:
             task.cancel()
     stats.seconds = time.monotonic() - started
+    if temporal is not None:
+        stats.reuse = temporal.stats.to_dict()
     return stats
 
 

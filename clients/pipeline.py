@@ -10,6 +10,9 @@ Artefacts per task (every one appears atomically, and only if every frame succee
 - segmentation: ``masks.zip`` (lossless PNG class ids per frame) and ``timeline.jsonl`` (class shares);
 - detection: ``detections.jsonl`` (boxes in video pixels, labels, scores per frame);
 - classification: ``predictions.jsonl`` (label, confidence, probabilities per frame).
+
+Each JSON line says its frame's ``source``: ``inferred``, or ``propagated`` from a keyframe when the
+job runs with temporal reuse (``reuse``, ``clients.temporal``: only keyframes go to Triton).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from clients.contract import ModelContract, Task
 from clients.masks import MaskArchiveWriter
 from clients.overlay import Annotator
 from clients.results import FrameResult
+from clients.temporal import REUSE_OFF, KeyframeReuse, ReuseSettings
 from clients.triton_client import TritonModelClient
 from clients.video import VideoSink, probe, read_chunks
 
@@ -46,6 +50,8 @@ class VideoJobStats:
     frames: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    engine_calls: int = 0  # frames the model ran on (all of them unless temporal reuse is on)
+    reuse: dict | None = None  # temporal reuse's figures (clients.temporal.ReuseStats), when on
 
     @property
     def fps(self) -> float:
@@ -61,8 +67,12 @@ async def process_video(
     on_progress: Callable[[int], None] | None = None,
     observe: StageObserver | None = None,
     on_result: Callable[[np.ndarray, FrameResult], None] | None = None,
+    reuse: ReuseSettings = REUSE_OFF,
 ) -> VideoJobStats:
-    """Run a whole video through ``client``'s model; writes the task's ``ARTIFACTS`` into ``output_dir``."""
+    """Run a whole video through ``client``'s model; writes the task's ``ARTIFACTS`` into ``output_dir``.
+
+    With ``reuse`` on, only keyframes go to Triton and the other frames get propagated results;
+    ``on_result`` sees the frames the model ran on."""
     info = probe(input_path)
     contract = client.contract
     annotate = Annotator(contract, alpha)
@@ -92,11 +102,17 @@ async def process_video(
     ):
         writer = _ChunkWriter(sink, sinks, annotate, record)
         pending: list[tuple[np.ndarray, FrameResult]] = []
+        source = KeyframeReuse(client, reuse) if reuse.enabled else client
         try:
-            async for result in client.stream(frames_to_infer()):
-                record("infer", result.timings["infer"] / client.frames_per_request, 1)
+            async for result in source.stream(frames_to_infer()):
+                if result.source == "inferred":
+                    stats.engine_calls += 1
+                    record("infer", result.timings["infer"] / client.frames_per_request, 1)
+                for stage in ("motion", "propagate"):  # temporal reuse's own work
+                    if stage in result.timings:
+                        record(stage, result.timings[stage], 1)
                 frame = originals.pop(result.frame_index)
-                if on_result:
+                if on_result and result.source == "inferred":  # watchers judge the model's own output
                     on_result(frame, result)
                 pending.append((frame, result))
                 if len(pending) == chunk_size:
@@ -111,6 +127,8 @@ async def process_video(
         finally:
             await writer.finish()  # never close the files under a thread still writing them
     stats.seconds = time.perf_counter() - started
+    if isinstance(source, KeyframeReuse):
+        stats.reuse = source.stats.to_dict()
     if on_progress:
         on_progress(stats.frames)
     return stats
@@ -208,7 +226,8 @@ class _TaskSinks:
         else:
             body = prediction.to_json(labels)
             body.pop("task", None)
-        self._lines.write(json.dumps({"frame": result.frame_index, **body}) + "\n")
+        line = {"frame": result.frame_index, "source": result.source, **body}
+        self._lines.write(json.dumps(line) + "\n")
 
     def __exit__(self, *exc_info) -> None:
         self._stack.__exit__(*exc_info)

@@ -9,7 +9,10 @@ One rule for each, imported by the gateway, the CLI, the demo, training's regist
   means complete);
 - the served versions follow the config's ``version_policy`` exactly as Triton applies it;
 - the default model (``/v1/frames``, ``/v1/videos``) is ``PRODSEG_DEFAULT_MODEL`` when set, else the
-  model whose config has the parameter ``default_model: "true"``, else the only model.
+  model whose config has the parameter ``default_model: "true"``, else the only model;
+- a folder whose config says ``task: "codec"`` or ``task: "jpeg_wire"`` is a companion (the JPEG
+  wire's steps and ensembles, ``clients/wire.py``), never a model: it is loaded beside the models it
+  serves and listed nowhere users pick models.
 """
 
 from __future__ import annotations
@@ -22,9 +25,25 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from clients.contract import ContractError, ModelContract, default_repository, read_model_config
+from clients.contract import (
+    TASK_PARAMETER,
+    ContractError,
+    ModelContract,
+    default_repository,
+    read_model_config,
+)
+from clients.wire import COMPANION_TASKS, JPEG_WIRE_TASK, SERVES_PARAMETER, check_wire_config
 
 DEFAULT_MODEL_PARAMETER = "default_model"
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A helper model folder: a JPEG-wire step (``serves`` None: every wire) or a model's wire."""
+
+    name: str
+    task: str  # clients.wire.CODEC_TASK or JPEG_WIRE_TASK
+    serves: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,7 @@ class Discovery:
     contracts: dict[str, ModelContract] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     default_model: str | None = None
+    companions: dict[str, Companion] = field(default_factory=dict)
 
     def get(self, model_name: str) -> ModelContract:
         try:
@@ -43,15 +63,26 @@ class Discovery:
             known = ", ".join(self.contracts) or "none"
             raise KeyError(f"unknown model {model_name!r}; known models: {known}") from None
 
+    def companions_of(self, models: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        """The helpers Triton loads beside ``models``: their JPEG wires and, if any, the shared steps."""
+        wires = [c.name for c in self.companions.values() if c.task == JPEG_WIRE_TASK and c.serves in models]
+        steps = [c.name for c in self.companions.values() if c.task != JPEG_WIRE_TASK]
+        return (*steps, *wires) if wires else ()
+
 
 def discover(repository: Path | None = None, config_variants: bool = True) -> Discovery:
     """Contracts of every model folder in ``repository``; ``configs/*.pbtxt`` variants must agree."""
     repository = Path(repository or default_repository())
     contracts: dict[str, ModelContract] = {}
     errors: dict[str, str] = {}
+    companions: dict[str, Companion] = {}
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not (model_dir / "config.pbtxt").is_file():
             continue  # not a model folder (Triton ignores it too)
+        companion = _companion(model_dir)
+        if companion is not None:
+            companions[model_dir.name] = companion
+            continue
         try:
             contract = ModelContract.load(model_dir.name, repository)
             if config_variants:
@@ -60,7 +91,51 @@ def discover(repository: Path | None = None, config_variants: bool = True) -> Di
             contracts[model_dir.name] = contract
         except ContractError as error:
             errors[model_dir.name] = str(error)
-    return Discovery(repository, contracts, errors, _default_model(repository, contracts))
+    codecs = {name for name, companion in companions.items() if companion.task != JPEG_WIRE_TASK}
+    for name, companion in list(companions.items()):
+        if companion.serves in errors or (companion.serves and not (repository / companion.serves).is_dir()):
+            del companions[name]  # a wire whose model is refused or absent has nothing to serve
+            continue
+        problem = _companion_problem(repository / name, companion, contracts, codecs)
+        if problem:
+            errors[name] = f"{name}: {problem}"
+            del companions[name]
+    return Discovery(repository, contracts, errors, _default_model(repository, contracts), companions)
+
+
+def _companion(model_dir: Path) -> Companion | None:
+    """The folder as a companion when its config's task says it is one (an unparsable config is
+    left to the model checks, which report it)."""
+    try:
+        config = read_model_config(model_dir / "config.pbtxt")
+    except text_format.ParseError:
+        return None
+    task = _parameter(config, TASK_PARAMETER)
+    if task not in COMPANION_TASKS:
+        return None
+    serves = _parameter(config, SERVES_PARAMETER) or "" if task == JPEG_WIRE_TASK else None
+    return Companion(model_dir.name, task, serves)
+
+
+def _companion_problem(
+    model_dir: Path, companion: Companion, contracts: dict[str, ModelContract], codecs: set[str]
+) -> str | None:
+    """Why a companion cannot be served, or None: a wire must fit its model and use only codecs of
+    the repository; a codec's variants (``configs/gpu.pbtxt``: nvJPEG) keep its tensors."""
+    config = read_model_config(model_dir / "config.pbtxt")
+    if companion.task != JPEG_WIRE_TASK:
+        for variant in sorted((model_dir / "configs").glob("*.pbtxt")):
+            other = read_model_config(variant)
+            if (list(other.input), list(other.output)) != (list(config.input), list(config.output)):
+                return f"configs/{variant.name}: inputs or outputs differ from config.pbtxt"
+        return None
+    if companion.serves not in contracts:
+        return f"parameter {SERVES_PARAMETER!r} must name a model of the repository"
+    problem = check_wire_config(config, contracts[companion.serves])
+    missing = {step.model_name for step in config.ensemble_scheduling.step} - codecs - {companion.serves}
+    if not problem and missing:
+        problem = f"its steps {sorted(missing)} are not codec companions of this repository"
+    return problem
 
 
 def _check_variant(contract: ModelContract, model_dir: Path, variant: Path) -> None:

@@ -239,18 +239,28 @@ def to_image_size(prediction: Prediction, contract: ModelContract, height: int, 
     return prediction
 
 
+RESULT_SOURCES = ("inferred", "propagated")
+
+
 @dataclass(frozen=True)
 class FrameResult:
-    """One frame's prediction, with where the time went (seconds, by stage name)."""
+    """One frame's prediction, with where the time went (seconds, by stage name).
+
+    ``source`` says how it was made: ``"inferred"`` by the model, or ``"propagated"`` from a
+    keyframe's result by the frame's estimated motion (``clients.temporal``), with no engine call.
+    """
 
     frame_index: int
     prediction: Prediction
     timings: dict[str, float] = field(default_factory=dict)
-    model_version: str = ""  # the version Triton ran; "" when unknown
+    model_version: str = ""  # the version Triton ran (for a propagated result: on its keyframe)
+    source: str = "inferred"
 
     def __post_init__(self) -> None:
         if self.frame_index < 0:
             raise ValueError(f"frame_index must be >= 0, got {self.frame_index}")
+        if self.source not in RESULT_SOURCES:
+            raise ValueError(f"source must be one of {RESULT_SOURCES}, got {self.source!r}")
         if not isinstance(self.prediction, Segmentation | Detections | Classification):
             raise ValueError(f"prediction must be a typed result, got {type(self.prediction).__name__}")
         negative = {stage: seconds for stage, seconds in self.timings.items() if seconds < 0}

@@ -4,6 +4,12 @@
 Triton's dynamic batcher to form batches and to hide network round trips, bounded so a slow server
 pushes back on the caller instead of queueing frames without limit. Results come back typed
 (``clients.results``) and in each frame's own pixels.
+
+``wire="jpeg"`` sends each frame as JPEG to the model's ``<model>_jpeg`` ensemble and gets
+segmentation masks back as PNG, decoded here: callers get the same results for about a tenth of the
+bytes (``clients/wire.py``). The default stays raw pixels. A request that pins a version (``version``
+here or per call: an A/B split, a rollout check) goes raw to the model itself, because the ensemble
+runs whichever version is newest. ``traffic`` counts the tensor bytes each way.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -19,6 +26,18 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from clients.contract import ModelContract
 from clients.results import FrameResult, predictions_from_outputs, to_image_size
+from clients.wire import (
+    DEFAULT_JPEG_QUALITY,
+    JPEG_INPUT,
+    PNG_MASKS,
+    Wire,
+    encode_jpeg,
+    jpeg_rows,
+    masks_from_pngs,
+    tensor_bytes,
+    wire_model_name,
+    wire_output_names,
+)
 
 
 class InferenceError(RuntimeError):
@@ -62,6 +81,18 @@ CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+# How long the JPEG wire's state (is <model>_jpeg ready, which version does its -1 run) is reused
+# before Triton is asked again: one repository-index call every few seconds, not one per frame.
+WIRE_STATE_TTL_S = 5.0
+
+
+@dataclass
+class Traffic:
+    """Tensor bytes this client sent and received (request inputs, response outputs), and frames."""
+
+    frames: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 class TritonModelClient:
@@ -76,9 +107,13 @@ class TritonModelClient:
         timeout_s: float = 60.0,
         version: str = "",
         retries: int = 4,
+        wire: Wire | str = Wire.RAW,
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     ) -> None:
         if max_in_flight < 1 or frames_per_request < 1:
             raise ValueError("max_in_flight and frames_per_request must be >= 1")
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
         if frames_per_request > contract.max_batch_size:
             raise ValueError(
                 f"frames_per_request {frames_per_request} exceeds the model's "
@@ -91,7 +126,11 @@ class TritonModelClient:
         self.timeout_s = timeout_s
         self.version = version  # "" = whichever version Triton serves
         self.retries = retries  # attempts after the first, on another replica, with backoff
+        self.wire = Wire(wire)
+        self.jpeg_quality = jpeg_quality
+        self.traffic = Traffic()
         self._client = grpcclient.InferenceServerClient(grpc_target(url), channel_args=CHANNEL_ARGS)
+        self._wire_state: tuple[float, bool, str] | None = None  # (checked at, ready, version)
 
     async def __aenter__(self) -> TritonModelClient:
         return self
@@ -103,12 +142,18 @@ class TritonModelClient:
         await self._client.close()
 
     async def is_ready(self) -> bool:
+        """Triton serves the model (and, with ``wire="jpeg"``, its ``<model>_jpeg`` ensemble)."""
         try:
-            return await self._client.is_server_ready() and await self._client.is_model_ready(
+            ready = await self._client.is_server_ready() and await self._client.is_model_ready(
                 self.contract.model_name, self.version
             )
         except InferenceServerException:
             return False
+        return ready and (self.wire == Wire.RAW or await self.jpeg_wire_ready())
+
+    async def jpeg_wire_ready(self) -> bool:
+        """Whether Triton serves ``<model>_jpeg`` (looked up at most every few seconds)."""
+        return (await self._jpeg_wire_state())[0]
 
     async def served_versions(self) -> list[str]:
         """Versions of this model Triton reports READY."""
@@ -136,21 +181,41 @@ class TritonModelClient:
         self, images: np.ndarray, version: str | None = None
     ) -> tuple[dict[str, np.ndarray], str]:
         """Like ``infer``, and the version Triton ran (``version``: a specific one; None: its choice)."""
-        tensor = grpcclient.InferInput(
-            self.contract.input_name, list(images.shape), np_to_triton_dtype(images.dtype)
-        )
-        tensor.set_data_from_numpy(images)
-        requested = [grpcclient.InferRequestedOutput(name) for name in self.contract.output_names]
+        names = self.contract.output_names
+        version = self.version if version is None else version
+        model, input_name = self.contract.model_name, self.contract.input_name
+        response = await self._send(model, input_name, images, names, version)
+        outputs = {name: response.as_numpy(name) for name in names}
+        self._count(len(images), images, outputs)
+        return outputs, response.get_response().model_version
+
+    async def infer_jpeg(self, jpegs: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+        """One request over the JPEG wire: JPEGs at the model's size -> the model's outputs by name
+        (masks decoded from PNG) and the version ``<model>_jpeg`` ran."""
+        rows, output_names = jpeg_rows(jpegs), wire_output_names(self.contract)
+        response = await self._send(wire_model_name(self.contract.model_name), JPEG_INPUT, rows, output_names)
+        outputs = {name: response.as_numpy(name) for name in output_names}
+        self._count(len(jpegs), rows, outputs)
+        if PNG_MASKS in outputs:  # a segmentation's masks: back to class ids, bit-identical
+            outputs = {self.contract.output_names[0]: masks_from_pngs(outputs[PNG_MASKS])}
+        return outputs, (await self._jpeg_wire_state())[1]
+
+    async def _send(
+        self, model: str, input_name: str, data: np.ndarray, output_names: tuple[str, ...], version: str = ""
+    ):
+        """One inference request, retried on another replica while replicas are unavailable."""
+        tensor = grpcclient.InferInput(input_name, list(data.shape), np_to_triton_dtype(data.dtype))
+        tensor.set_data_from_numpy(data)
+        requested = [grpcclient.InferRequestedOutput(name) for name in output_names]
         for attempt in range(self.retries + 1):
             try:
-                response = await self._client.infer(
-                    self.contract.model_name,
+                return await self._client.infer(
+                    model,
                     [tensor],
-                    model_version=self.version if version is None else version,
+                    model_version=version,
                     outputs=requested,
                     client_timeout=self.timeout_s,
                 )
-                break
             except InferenceServerException as error:
                 if str(error.status()) not in RETRYABLE:
                     raise InferenceError(f"Triton rejected the request: {error.message()}") from error
@@ -160,8 +225,38 @@ class TritonModelClient:
                         f"no Triton replica at {self.url} answered after {attempts}: {error.message()}"
                     ) from error
                 await asyncio.sleep(0.1 * 3**attempt)  # 0.1, 0.3, 0.9, 2.7 s: a replica restarts or goes
-        outputs = {name: response.as_numpy(name) for name in self.contract.output_names}
-        return outputs, response.get_response().model_version
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _count(self, frames: int, sent: np.ndarray, received: dict[str, np.ndarray]) -> None:
+        self.traffic.frames += frames
+        self.traffic.bytes_sent += sent.nbytes
+        self.traffic.bytes_received += sum(tensor_bytes(array) for array in received.values())
+
+    async def _jpeg_wire_state(self) -> tuple[bool, str]:
+        """(is ``<model>_jpeg`` READY, the newest READY version of the model: what its -1 runs)."""
+        now = time.monotonic()
+        if self._wire_state is None or now - self._wire_state[0] > WIRE_STATE_TTL_S:
+            try:
+                index = await self._client.get_model_repository_index(as_json=True)
+            except InferenceServerException:
+                index = {}
+            models = index.get("models", [])
+            ready = {(m.get("name"), m.get("version", "")) for m in models if m.get("state") == "READY"}
+            wire_ready = any(name == wire_model_name(self.contract.model_name) for name, _ in ready)
+            versions = [int(v) for name, v in ready if name == self.contract.model_name and v.isdigit()]
+            self._wire_state = (now, wire_ready, str(max(versions)) if versions else "")
+        return self._wire_state[1:]
+
+    def _sends_jpeg(self, version: str | None) -> bool:
+        """JPEG wire unless a version is pinned (the ensemble runs only the newest, see the top)."""
+        return self.wire == Wire.JPEG and not (self.version if version is None else version)
+
+    def _payload(self, group: list[np.ndarray], version: str | None) -> np.ndarray | list[bytes]:
+        """A request's frames at the model's size: a raw batch, or one JPEG each."""
+        inputs = [self.contract.to_model_input(frame) for frame in group]
+        if self._sends_jpeg(version):
+            return [encode_jpeg(image, self.jpeg_quality) for image in inputs]
+        return np.stack(inputs)
 
     async def predict_image(self, frame: np.ndarray, version: str | None = None) -> FrameResult:
         """One RGB frame of any size -> its ``FrameResult``, in the frame's pixels."""
@@ -174,16 +269,22 @@ class TritonModelClient:
         for start in range(0, len(frames), size):
             group = frames[start : start + size]
             started = time.perf_counter()
-            batch = np.stack([self.contract.to_model_input(frame) for frame in group])
+            payload = self._payload(group, version)
             preprocess = time.perf_counter() - started
             entry = (
                 start,
                 [f.shape for f in group],
-                asyncio.ensure_future(self._timed_infer(batch, version)),
+                asyncio.ensure_future(self._timed_infer(payload, version)),
                 preprocess,
             )
             results.extend(await _collect(entry, self.contract))
         return results
+
+    async def predict_jpeg(self, jpeg: bytes, height: int, width: int) -> FrameResult:
+        """One JPEG already at the model's input size, sent as it is over the JPEG wire (the gateway's
+        live camera forwards the browser's frames so); the result in a ``height`` x ``width`` frame."""
+        entry = (0, [(height, width, 3)], asyncio.ensure_future(self._timed_infer([jpeg])), 0.0)
+        return (await _collect(entry, self.contract))[0]
 
     async def stream(
         self, frames: AsyncIterable[np.ndarray] | Iterable[np.ndarray], start_index: int = 0
@@ -194,9 +295,9 @@ class TritonModelClient:
         try:
             async for group in _grouped(frames, self.frames_per_request):
                 started = time.perf_counter()
-                batch = np.stack([self.contract.to_model_input(frame) for frame in group])
+                payload = self._payload(group, None)
                 preprocess = time.perf_counter() - started
-                task = asyncio.ensure_future(self._timed_infer(batch))
+                task = asyncio.ensure_future(self._timed_infer(payload))
                 in_flight.append((index, [frame.shape for frame in group], task, preprocess))
                 index += len(group)
                 if len(in_flight) >= self.max_in_flight:
@@ -210,10 +311,13 @@ class TritonModelClient:
                 task.cancel()
 
     async def _timed_infer(
-        self, batch: np.ndarray, version: str | None = None
+        self, payload: np.ndarray | list[bytes], version: str | None = None
     ) -> tuple[dict[str, np.ndarray], str, float]:
         started = time.perf_counter()
-        outputs, served_version = await self.infer_versioned(batch, version)
+        if isinstance(payload, list):
+            outputs, served_version = await self.infer_jpeg(payload)
+        else:
+            outputs, served_version = await self.infer_versioned(payload, version)
         return outputs, served_version, time.perf_counter() - started
 
 

@@ -108,10 +108,13 @@ def write_pan_video(
     fps: float = 30.0,
     height: int = 384,
     width: int = 640,
+    pixels_per_frame: float = 6.0,
 ) -> None:
-    """A panning shelf video (H.264) and its ground-truth mask archive; each file appears atomically."""
+    """A panning shelf video (H.264) and its ground-truth mask archive; each file appears atomically.
+
+    ``pixels_per_frame`` is the pan's speed (the default is the demo's; larger is a faster camera)."""
     with VideoSink(video_path, fps=fps) as sink, MaskArchiveWriter(masks_path) as archive:
-        for scene in render_pan_frames(seed, num_frames, height, width):
+        for scene in render_pan_frames(seed, num_frames, height, width, pixels_per_frame):
             sink.write(scene.image)
             archive.write(scene.mask)
 

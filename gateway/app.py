@@ -3,7 +3,8 @@
 GET  /v1/models                                   the models: task, labels, input size, versions, ready
 GET  /v1/models/{model}                           one of them
 POST /v1/models/{model}/images                    one or more images (parts "file") -> predictions
-POST /v1/models/{model}/videos                    a video (part "file") -> 202 job
+POST /v1/models/{model}/videos                    a video (part "file") -> 202 job; ?reuse=auto infers
+                                                  keyframes only (max_interval, tolerance: clients.temporal)
 GET  /v1/models/{model}/videos/{id}               job status and progress
 GET  /v1/models/{model}/videos/{id}/{artifact}    overlay.mp4, masks.zip, detections.jsonl, ...
 DELETE /v1/models/{model}/videos/{id}             forget a finished job
@@ -44,6 +45,7 @@ from clients.masks import encode_mask_png
 from clients.pipeline import ARTIFACTS
 from clients.repository import model_versions
 from clients.results import Detections, FrameResult, Segmentation
+from clients.temporal import DEFAULT_MAX_INTERVAL, MAX_INTERVAL_LIMIT, MAX_TOLERANCE, ReuseSettings
 from clients.triton_client import InferenceError, TritonUnavailableError, endpoint_list
 from clients.video import CorruptVideoError, VideoError, probe
 from gateway.ab import ABTests
@@ -345,7 +347,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
         return JSONResponse(body, headers=headers)
 
-    async def upload_video(request: Request, served: ServedModel, prefix: str) -> JSONResponse:
+    async def upload_video(
+        request: Request, served: ServedModel, prefix: str, reuse: ReuseSettings
+    ) -> JSONResponse:
         jobs: JobManager = app.state.jobs
         job_id, directory = jobs.new_job_directory()
         try:
@@ -363,6 +367,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise
         artifacts = ARTIFACTS[served.contract.task]
         job = Job(job_id, served.name, artifacts, directory, upload.filename, upload.size, info.frames)
+        job.reuse = reuse
         jobs.submit(job, served)
         url = f"{prefix}/{job_id}"
         return JSONResponse(
@@ -472,8 +477,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         tags=["default model"],
         **_video_upload(),
     )
-    async def upload_default_video(request: Request) -> JSONResponse:
-        return await upload_video(request, catalog.default(), prefix="/v1/videos")
+    async def upload_default_video(
+        request: Request,
+        reuse: ReuseOption = "off",
+        max_interval: MaxIntervalOption = DEFAULT_MAX_INTERVAL,
+        tolerance: ToleranceOption = 1.0,
+    ) -> JSONResponse:
+        # The options are declared for the document and FastAPI's checks; read back as one setting.
+        reuse_settings = _reuse_settings(request)
+        return await upload_video(request, catalog.default(), "/v1/videos", reuse_settings)
 
     @app.get(
         "/v1/videos/{job_id}",
@@ -573,6 +585,34 @@ FormatOption = Annotated[
     Query(description="'png': class ids as a PNG at the image's size (one image); 'json': RLE masks"),
 ]
 ConfidenceOption = Annotated[float, Query(ge=0.0, le=1.0, description="minimum detection score, 0..1")]
+ReuseOption = Annotated[
+    Literal["off", "auto"],
+    Query(
+        description="temporal reuse: 'auto' runs the model on keyframes only and carries their results "
+        "to the frames between by the camera's motion (every frame still gets a result); "
+        "'off' runs it on every frame"
+    ),
+]
+MaxIntervalOption = Annotated[
+    int,
+    Query(ge=1, le=MAX_INTERVAL_LIMIT, description="reuse=auto: keyframes at most this many frames apart"),
+]
+ToleranceOption = Annotated[
+    float,
+    Query(
+        gt=0.0,
+        le=MAX_TOLERANCE,
+        description="reuse=auto: multiplies the thresholds that call for a keyframe (above 1: fewer)",
+    ),
+]
+
+
+def _reuse_settings(request: Request) -> ReuseSettings:
+    """A video job's temporal-reuse option (FastAPI checked each value already)."""
+    try:
+        return ReuseSettings.from_options(request.query_params)
+    except ValueError as error:
+        raise ApiError(422, "invalid_option", str(error)) from error
 
 
 def _add_model_routes(
@@ -634,8 +674,15 @@ def _add_model_routes(
             return await predict(request, catalog.get(name), "", None, settings.max_images_per_request)
 
     @app.post(f"{base}/videos", summary=f"{name}: run a video (a job)", tags=tags, **_video_upload())
-    async def video(request: Request) -> JSONResponse:
-        return await upload_video(request, catalog.get(name), prefix=f"{base}/videos")
+    async def video(
+        request: Request,
+        reuse: ReuseOption = "off",
+        max_interval: MaxIntervalOption = DEFAULT_MAX_INTERVAL,
+        tolerance: ToleranceOption = 1.0,
+    ) -> JSONResponse:
+        # The options are declared for the document and FastAPI's checks; read back as one setting.
+        reuse_settings = _reuse_settings(request)
+        return await upload_video(request, catalog.get(name), f"{base}/videos", reuse_settings)
 
     @app.get(f"{base}/videos/{{job_id}}", response_model=JobInfo, responses=errors(404), tags=tags)
     async def video_status(job_id: JobId) -> dict:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from clients.pipeline import process_video
+from clients.temporal import REUSE_OFF, ReuseSettings
 from gateway.active_learning import ActiveLearner
 from gateway.metrics import GatewayMetrics
 from gateway.models import ServedModel
@@ -52,6 +53,8 @@ class Job:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     restarts: int = 0  # times a gateway restart interrupted it
     kind: str = "video"  # or "batch": images through prodseg.batch, CSV/JSONL out
+    reuse: ReuseSettings = REUSE_OFF  # temporal reuse, a video job's option (kept across restarts)
+    engine_calls: int | None = None  # frames the model ran on, once the job succeeded
 
     @classmethod
     def from_stored(cls, values: dict) -> Job:
@@ -61,6 +64,7 @@ class Job:
                 "artifacts": tuple(values["artifacts"]),
                 "directory": Path(values["directory"]),
                 "status": JobStatus(values["status"]),
+                "reuse": ReuseSettings(**values.get("reuse") or {}),
             }
         )
 
@@ -95,6 +99,10 @@ class Job:
             "error": self.error,
             "restarts": self.restarts,
         }
+        if self.kind == "video":
+            body["reuse"] = self.reuse.to_dict()
+        if self.status == JobStatus.SUCCEEDED and self.engine_calls is not None:
+            body["engine_calls"] = self.engine_calls
         if self.status == JobStatus.SUCCEEDED:
             body |= {
                 "fps": round(self.fps or 0.0, 2),
@@ -212,8 +220,10 @@ class JobManager:
                 job.model, stage, seconds, frames
             ),
             on_result=learner.watch_video(model.contract, job.id, job.filename) if learner else None,
+            reuse=job.reuse,
         )
         job.fps, job.stage_seconds, job.frames_done = stats.fps, stats.stage_seconds, stats.frames
+        job.engine_calls = stats.engine_calls
         job.frames_total = stats.frames
         self.metrics.frames.labels(job.model, "video").inc(stats.frames)
         self.metrics.job_fps.labels(job.model).observe(stats.fps)

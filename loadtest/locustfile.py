@@ -1,7 +1,9 @@
 """Locust users for ProdSegmenter; run them with ``python -m loadtest.run`` (``make loadtest``).
 
 - ``CameraUser`` streams frames to Triton over gRPC at ``--camera-fps`` with at most
-  ``--camera-window`` requests in flight, and counts the frames it has to drop.
+  ``--camera-window`` requests in flight, and counts the frames it has to drop. ``--camera-wire
+  jpeg`` sends each frame as JPEG (``--jpeg-quality``) to ``<model>_jpeg`` and decodes the PNG masks
+  it gets back (``clients/wire.py``); the report's ``wire`` counts tensor bytes sent and received.
 - ``UploadUser`` posts a short video to the gateway and polls the job to completion.
 - ``StepShape`` ramps the users through ``--steps`` (users per step), ``--step-seconds`` each.
 
@@ -26,8 +28,22 @@ from locust import HttpUser, LoadTestShape, User, events, task  # noqa: E402
 from locust.runners import LOCUST_STATE_STOPPING  # noqa: E402
 
 from clients.contract import ModelContract  # noqa: E402
+from clients.results import Segmentation, predictions_from_outputs  # noqa: E402
+from clients.temporal import DEFAULT_MAX_INTERVAL, ReuseMode, ReuseSettings  # noqa: E402
 from clients.triton_client import CHANNEL_ARGS, grpc_target  # noqa: E402
-from loadtest.camera import CameraStream  # noqa: E402
+from clients.wire import (  # noqa: E402
+    DEFAULT_JPEG_QUALITY,
+    JPEG_INPUT,
+    PNG_MASKS,
+    Wire,
+    encode_jpeg,
+    jpeg_rows,
+    masks_from_pngs,
+    tensor_bytes,
+    wire_model_name,
+    wire_output_names,
+)
+from loadtest.camera import CameraReuse, CameraStream, Reply  # noqa: E402
 from loadtest.stats import RunRecorder  # noqa: E402
 from loadtest.triton_metrics import TritonSnapshot  # noqa: E402
 
@@ -45,6 +61,22 @@ def _options(parser) -> None:
     parser.add_argument("--triton-metrics", default="", help="Triton metrics URL (optional)")
     parser.add_argument("--camera-fps", type=float, default=30.0)
     parser.add_argument("--camera-window", type=int, default=2, help="requests in flight per camera")
+    parser.add_argument("--camera-wire", choices=[w.value for w in Wire], default=Wire.RAW.value)
+    parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    parser.add_argument(
+        "--camera-reuse",
+        choices=[m.value for m in ReuseMode],
+        default=ReuseMode.OFF.value,
+        help="temporal reuse: only keyframes are requests (clients/temporal.py)",
+    )
+    parser.add_argument("--camera-max-interval", type=int, default=DEFAULT_MAX_INTERVAL)
+    parser.add_argument(
+        "--camera-pan",
+        type=float,
+        default=40.0,
+        help="pixels per frame the camera pans (the demo video: 6; a fast pan: 16)",
+    )
+    parser.add_argument("--camera-frames", type=int, default=8, help="frames in the camera's loop")
     parser.add_argument("--steps", default="1,2,4", help="users per step, comma separated")
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--upload-video", default="", help="video for UploadUser")
@@ -52,23 +84,33 @@ def _options(parser) -> None:
     parser.add_argument("--report", default="out/loadtest/locust_report.json")
 
 
-def _frames() -> list[np.ndarray]:
+def _frames(count: int, pixels_per_frame: float) -> list[np.ndarray]:
     from datagen.shelves import render_pan_frames  # numpy/OpenCV only: no torch in load generators
 
-    scenes = render_pan_frames(3, 8, CONTRACT.height, CONTRACT.width, pixels_per_frame=40)
+    scenes = render_pan_frames(3, count, CONTRACT.height, CONTRACT.width, pixels_per_frame=pixels_per_frame)
     return [scene.image for scene in scenes]
 
 
 FRAMES: list[np.ndarray] = []
+# What each camera sends per frame: [1, H, W, 3] pixels, or over the JPEG wire a [1, L] JPEG row
+# (encoded once at start: a camera's own encoder costs the load generator nothing).
+PAYLOADS: list[np.ndarray] = []
+WIRE = Wire.RAW
+TRAFFIC = {"frames": 0, "propagated": 0, "bytes_sent": 0, "bytes_received": 0}  # stopped cameras, summed
 
 
 @events.init.add_listener
 def _init(environment, **_) -> None:
-    global CONTRACT
+    global CONTRACT, WIRE
     options = environment.parsed_options
     CONTRACT = ModelContract.load(options.model)
     UploadUser.fixed_count = options.upload_users
-    FRAMES.extend(_frames())
+    FRAMES.extend(_frames(options.camera_frames, options.camera_pan))
+    WIRE = Wire(options.camera_wire)
+    if WIRE == Wire.JPEG:
+        PAYLOADS.extend(jpeg_rows([encode_jpeg(frame, options.jpeg_quality)]) for frame in FRAMES)
+    else:
+        PAYLOADS.extend(frame[None] for frame in FRAMES)
     RECORDER.attach(environment)
 
 
@@ -94,6 +136,20 @@ def _stop(environment, **_) -> None:
     report = RECORDER.report(
         camera_fps=options.camera_fps, camera_window=options.camera_window, triton=triton
     )
+    frames = max(TRAFFIC["frames"], 1)
+    report["wire"] = {
+        "wire": WIRE.value,
+        "jpeg_quality": options.jpeg_quality if WIRE == Wire.JPEG else None,
+        "frames": TRAFFIC["frames"],
+        # With temporal reuse only keyframes are requests: bytes per frame count every frame served.
+        "reuse": options.camera_reuse,
+        "max_interval": options.camera_max_interval if options.camera_reuse != ReuseMode.OFF else None,
+        "propagated_frames": TRAFFIC["propagated"],
+        "camera_pan_px_per_frame": options.camera_pan,
+        "camera_loop_frames": options.camera_frames,
+        "bytes_sent_per_frame": TRAFFIC["bytes_sent"] / frames,
+        "bytes_received_per_frame": TRAFFIC["bytes_received"] / frames,
+    }
     path = Path(options.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -109,20 +165,36 @@ class CameraUser(User):
         self.client = grpcclient.InferenceServerClient(
             grpc_target(options.triton_grpc), channel_args=CHANNEL_ARGS if several else None
         )
+        settings = ReuseSettings(ReuseMode(options.camera_reuse), max_interval=options.camera_max_interval)
         self.camera = CameraStream(
             self._infer,
-            FRAMES,
+            PAYLOADS,
             options.camera_fps,
             options.camera_window,
             on_result=self._report,
             on_drop=lambda: RECORDER.dropped(self),
+            reuse=CameraReuse(settings, FRAMES) if settings.enabled else None,
         )
         RECORDER.add_camera(self)
 
-    def _infer(self, frame: np.ndarray) -> None:
-        tensor = grpcclient.InferInput(CONTRACT.input_name, [1, *frame.shape], "UINT8")
-        tensor.set_data_from_numpy(frame[None])
-        self.client.infer(CONTRACT.model_name, [tensor], client_timeout=10)
+    def _infer(self, payload: np.ndarray) -> Reply:
+        """One frame (a ``PAYLOADS`` entry): its tensor bytes sent and received, and its prediction."""
+        if WIRE == Wire.JPEG:
+            model, input_name = wire_model_name(CONTRACT.model_name), JPEG_INPUT
+            names = wire_output_names(CONTRACT)
+        else:
+            model, input_name, names = CONTRACT.model_name, CONTRACT.input_name, CONTRACT.output_names
+        tensor = grpcclient.InferInput(input_name, list(payload.shape), "UINT8")
+        tensor.set_data_from_numpy(payload)
+        requested = [grpcclient.InferRequestedOutput(name) for name in names]
+        response = self.client.infer(model, [tensor], outputs=requested, client_timeout=10)
+        outputs = {name: response.as_numpy(name) for name in names}
+        received = sum(tensor_bytes(output) for output in outputs.values())
+        if PNG_MASKS in outputs:  # a real camera client decodes what it gets: its cost is load
+            prediction = Segmentation(masks_from_pngs(outputs[PNG_MASKS])[0])
+        else:
+            prediction = predictions_from_outputs(outputs, CONTRACT)[0]
+        return Reply(payload.nbytes, received, prediction)
 
     def _report(self, latency_s: float, error: Exception | None) -> None:
         RECORDER.completed(self, latency_s, error)
@@ -142,6 +214,11 @@ class CameraUser(User):
 
     def on_stop(self) -> None:
         RECORDER.remove_camera(self)
+        counters = self.camera.counters
+        TRAFFIC["frames"] += counters.completed
+        TRAFFIC["propagated"] += counters.propagated
+        TRAFFIC["bytes_sent"] += counters.bytes_sent
+        TRAFFIC["bytes_received"] += counters.bytes_received
         self.client.close()  # an open channel makes Locust hang at exit
 
 

@@ -20,7 +20,8 @@ from rich.console import Console
 
 from clients import config_text
 from clients.contract import default_repository
-from prodseg.rollout import TritonAdmin, write_served_versions
+from clients.triton_admin import TritonAdmin
+from prodseg.rollout import write_served_versions
 
 ab_app = typer.Typer(help="A/B tests between model versions, split by the gateway.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -54,12 +55,9 @@ def serve_versions(repository: Path, model: str, versions: list[int]) -> list[st
 
 
 def reload_model(triton_http: str, model: str) -> None:
-    """Ask Triton to re-read the model's config (the rollout's one model-repository client)."""
-    admin = TritonAdmin(triton_http, load_timeout_s=120)
-    try:
+    """Ask Triton to re-read the model's config (the platform's one model-repository client)."""
+    with TritonAdmin(triton_http, load_timeout_s=120) as admin:
         admin.load(model)
-    finally:
-        admin.close()
 
 
 def _headers() -> dict[str, str]:

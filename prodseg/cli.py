@@ -42,6 +42,38 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+# Temporal reuse (clients.temporal), for videos and streams.
+ReuseFlag = Annotated[
+    str,
+    typer.Option(
+        help="temporal reuse, off or auto: 'auto' runs the model on keyframes only and carries their "
+        "results to the frames between by the camera's motion; 'off' runs it on every frame",
+    ),
+]
+MaxIntervalFlag = Annotated[
+    int | None, typer.Option(help="with --reuse auto: keyframes at most this many frames apart")
+]
+ToleranceFlag = Annotated[
+    float | None,
+    typer.Option(help="with --reuse auto: multiplies the keyframe thresholds (above 1: fewer keyframes)"),
+]
+
+
+def reuse_settings(reuse: str, max_interval: int | None, tolerance: float | None):
+    """The ``ReuseSettings`` of the flags, or exit 2 saying what is wrong."""
+    from clients.temporal import ReuseSettings
+
+    if reuse == "off" and (max_interval is not None or tolerance is not None):
+        raise fail("--max-interval and --tolerance apply only with --reuse auto")
+    knobs = {"max_interval": max_interval, "tolerance": tolerance}
+    try:  # the gateway's query options, checked by the one parser
+        return ReuseSettings.from_options(
+            {"reuse": reuse} | {name: str(value) for name, value in knobs.items() if value is not None}
+        )
+    except ValueError as error:
+        raise fail(str(error)) from error
+
+
 @app.command()
 def serve(
     http_port: int = 8000,
@@ -84,6 +116,8 @@ def serve(
         for name, error in triton.refused.items():
             console.print(f"[red]refused[/red] {name}: {error}")
         console.print(f"Models   {', '.join(triton.models)}")
+        if triton.companions:  # loaded beside the models, not models of their own
+            console.print(f"JPEG wire helpers  {', '.join(triton.companions)}")
         console.print(f"Triton   HTTP http://{triton.http_url}  gRPC {triton.grpc_url}")
         console.print(f"         metrics {triton.metrics_url}")
         console.print(f"Gateway  {stack.gateway.url}  (API docs at {stack.gateway.url}/docs)")
@@ -125,6 +159,9 @@ def predict(
     gateway: Annotated[str | None, typer.Option(help="use the gateway at this URL instead of Triton")] = None,
     overlay: Annotated[bool, typer.Option(help="for images: write the annotated picture")] = False,
     in_flight: Annotated[int, typer.Option(help="requests kept in flight to Triton")] = 4,
+    reuse: ReuseFlag = "off",
+    max_interval: MaxIntervalFlag = None,
+    tolerance: ToleranceFlag = None,
 ) -> None:
     """Run a model on an image or a video, straight to Triton over gRPC or through the gateway."""
     from clients.repository import discover
@@ -132,6 +169,9 @@ def predict(
 
     if not input_path.is_file():
         raise fail(f"{input_path} does not exist or is not a file")
+    temporal = reuse_settings(reuse, max_interval, tolerance)
+    if temporal.enabled and runner.is_image(input_path):
+        raise fail("--reuse applies to videos, not to a single image")
     found = discover()
     name = model or found.default_model
     if name is None:
@@ -143,11 +183,11 @@ def predict(
     try:
         if gateway:
             message = runner.predict_via_gateway(
-                gateway, name, contract, input_path, output, overlay, console
+                gateway, name, contract, input_path, output, overlay, console, temporal
             )
         else:
             message = runner.predict_via_triton(
-                contract, input_path, output, triton, overlay, in_flight, console
+                contract, input_path, output, triton, overlay, in_flight, console, temporal
             )
     except runner.PredictError as error:
         raise fail(str(error)) from error
@@ -177,24 +217,46 @@ def stream(
     ] = None,
     max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
     triton: Annotated[str, typer.Option(help="Triton gRPC address")] = "127.0.0.1:8001",
+    reuse: ReuseFlag = "off",
+    max_interval: MaxIntervalFlag = None,
+    tolerance: ToleranceFlag = None,
+    wire: Annotated[
+        str,
+        typer.Option(
+            help="raw or jpeg: 'jpeg' sends frames as JPEG and gets masks back as PNG (a tenth of the "
+            "bytes; Triton must serve <model>_jpeg); 'raw' sends pixels",
+        ),
+    ] = "raw",
+    jpeg_quality: Annotated[
+        int | None, typer.Option(min=1, max=100, help="JPEG quality with --wire jpeg (default: the SDK's)")
+    ] = None,
 ) -> None:
     """Stream a camera to Triton live: achieved FPS, latency and dropped frames, annotated video."""
     import json
 
     from clients.repository import discover
+    from clients.wire import DEFAULT_JPEG_QUALITY, Wire
     from prodseg.stream import run_stream
 
+    temporal = reuse_settings(reuse, max_interval, tolerance)
+    if wire not in {w.value for w in Wire}:
+        raise fail(f"--wire must be one of {', '.join(w.value for w in Wire)}, got {wire!r}")
     found = discover()
     try:
         contract = found.get(model or found.default_model or "")
     except KeyError as error:
         raise fail(str(error.args[0])) from error
     try:
-        stats = run_stream(contract, source, triton, fps, window, output, max_frames)
+        stats = run_stream(
+            contract, source, triton, fps, window, output, max_frames, temporal, Wire(wire),
+            jpeg_quality or DEFAULT_JPEG_QUALITY,
+        )  # fmt: skip
     except (ValueError, ConnectionError) as error:
         raise fail(str(error)) from error
     print(json.dumps(stats.to_dict(), indent=2))
     summary = f"{stats.completed} frames at {stats.achieved_fps:.1f} FPS, {stats.dropped} dropped"
+    if temporal.enabled:
+        summary += f", {stats.sent} engine calls ({stats.propagated} propagated)"
     console.print(f"{summary}, {stats.failed} failed" + (f"; wrote {output}" if output else ""))
 
 

@@ -25,6 +25,7 @@ from clients.masks import decode_mask_png, encode_mask_png
 from clients.overlay import Annotator
 from clients.pipeline import ARTIFACTS, process_video
 from clients.results import Classification, Detections, FrameResult, Segmentation
+from clients.temporal import REUSE_OFF, ReuseSettings
 from clients.triton_client import InferenceError, TritonModelClient
 from clients.video import VideoError, probe
 
@@ -72,6 +73,7 @@ def predict_via_triton(
     overlay: bool,
     in_flight: int,
     console: Console,
+    reuse: ReuseSettings = REUSE_OFF,
 ) -> str:
     async def run() -> str:
         async with TritonModelClient(triton, contract, max_in_flight=in_flight) as client:
@@ -88,10 +90,15 @@ def predict_via_triton(
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task(f"{contract.model_name}", total=total)
                 stats = await process_video(
-                    input_path, output, client, on_progress=lambda n: progress.update(task, completed=n)
+                    input_path,
+                    output,
+                    client,
+                    on_progress=lambda n: progress.update(task, completed=n),
+                    reuse=reuse,
                 )
             artefacts = ", ".join(ARTIFACTS[contract.task])
-            return f"wrote {artefacts} to {output}: {stats.frames} frames at {stats.fps:.1f} frames/s"
+            message = f"wrote {artefacts} to {output}: {stats.frames} frames at {stats.fps:.1f} frames/s"
+            return message + _engine_calls(stats.frames, stats.engine_calls, reuse)
 
     try:
         return asyncio.run(run())
@@ -107,12 +114,13 @@ def predict_via_gateway(
     output: Path,
     overlay: bool,
     console: Console,
+    reuse: ReuseSettings = REUSE_OFF,
 ) -> str:
     with httpx.Client(base_url=url, timeout=120) as client:
         try:
             if is_image(input_path):
                 return _image_via_gateway(client, model, contract, input_path, output, overlay)
-            return _video_via_gateway(client, model, input_path, output, console)
+            return _video_via_gateway(client, model, input_path, output, console, reuse)
         except httpx.HTTPError as error:
             raise PredictError(f"gateway at {url}: {error}") from error
 
@@ -147,10 +155,17 @@ def _prediction_from_json(body: dict, contract: ModelContract) -> Detections | C
 
 
 def _video_via_gateway(
-    client: httpx.Client, model: str, input_path: Path, output: Path, console: Console
+    client: httpx.Client, model: str, input_path: Path, output: Path, console: Console, reuse: ReuseSettings
 ) -> str:
+    options = {"reuse": "auto", "max_interval": reuse.max_interval, "tolerance": reuse.tolerance}
     with open(input_path, "rb") as file:
-        response = _check(client.post(f"/v1/models/{model}/videos", files={"file": (input_path.name, file)}))
+        response = _check(
+            client.post(
+                f"/v1/models/{model}/videos",
+                files={"file": (input_path.name, file)},
+                params=options if reuse.enabled else None,
+            )
+        )
     status_url = response.json()["status_url"]
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{model} via gateway", total=None)
@@ -161,7 +176,14 @@ def _video_via_gateway(
         raise PredictError(f"the video job failed: {job['error']}")
     for name, url in job["artifacts"].items():
         download(client, url, output / name)
-    return f"wrote {', '.join(job['artifacts'])} to {output}"
+    calls = _engine_calls(job["frames_done"], job.get("engine_calls", job["frames_done"]), reuse)
+    return f"wrote {', '.join(job['artifacts'])} to {output}{calls}"
+
+
+def _engine_calls(frames: int, engine_calls: int, reuse: ReuseSettings) -> str:
+    if not reuse.enabled:
+        return ""
+    return f"; temporal reuse: {engine_calls} engine calls for {frames} frames"
 
 
 def _frames_of(path: Path) -> int | None:

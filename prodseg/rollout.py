@@ -50,6 +50,7 @@ import typer
 from clients import config_text
 from clients.atomic import write_text
 from clients.repository import versions as published_versions
+from clients.triton_admin import TritonAdmin
 
 
 class RolloutError(ValueError):
@@ -138,68 +139,20 @@ def write_served_versions(model_dir: Path, served: Sequence[int]) -> list[Path]:
     return list(rewritten)
 
 
-class TritonAdmin:
-    """Triton's HTTP model-repository API on one replica (``admin_key`` for a locked API, as in the chart)."""
-
-    def __init__(self, http_url: str, admin_key: str = "", load_timeout_s: float = 300.0) -> None:
-        headers = {"admin-key": admin_key} if admin_key else {}
-        self.http_url = http_url
-        self._http = httpx.Client(base_url=f"http://{http_url}", headers=headers, timeout=10.0)
-        self.load_timeout_s = load_timeout_s
-
-    def close(self) -> None:
-        self._http.close()
-
-    def ready_versions(self, model: str) -> list[int]:
-        """The versions of ``model`` this replica reports READY."""
-        response = self._http.post("/v2/repository/index", json={})
-        response.raise_for_status()
-        return sorted(
-            int(entry["version"])
-            for entry in response.json()
-            if entry.get("name") == model
-            and entry.get("state") == "READY"
-            and entry.get("version", "").isdigit()
-        )
-
-    def load(self, model: str) -> None:
-        """Reload ``model``: Triton re-reads its config and loads/unloads versions to match it."""
-        response = self._http.post(f"/v2/repository/models/{model}/load", timeout=self.load_timeout_s)
-        if response.status_code != 200:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise RuntimeError(f"Triton at {self.http_url} could not load {model}: {message}")
-
-    def wait_until_serving(self, model: str, expected: Sequence[int], timeout_s: float) -> None:
-        """Poll until exactly ``expected`` is READY (new ones loaded, dropped ones unloaded)."""
-        deadline = time.monotonic() + timeout_s
-        seen: list[int] = []
-        while time.monotonic() < deadline:
-            seen = self.ready_versions(model)
-            if seen == sorted(expected):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"Triton at {self.http_url} serves {model} versions {seen} after {timeout_s:.0f} s, "
-            f"expected {sorted(expected)}"
-        )
-
-
 def rollout(
     model: str,
     version: int,
     replicas: Sequence[Replica],
     *,
-    admin_key: str = "",
+    admin_key: str | None = None,
     ready_timeout_s: float = 300.0,
     drain_timeout_s: float = 120.0,
     log: Callable[[str], None] = lambda message: None,
 ) -> RolloutReport:
     """Serve ``version`` of ``model`` on every replica, one at a time (see the module docstring).
 
-    Raises :class:`RolloutError` before changing anything when the rollout cannot start, and
+    ``admin_key``: the key of a locked repository API (None: ``$TRITON_ADMIN_KEY``). Raises
+    :class:`RolloutError` before changing anything when the rollout cannot start, and
     :class:`RolloutFailed` after putting the touched replicas back when a step fails.
     """
     if not replicas:
@@ -363,7 +316,6 @@ def command(
     Roll back with the same command and the old version number. With a locked repository API (as in
     the chart) the key comes from TRITON_ADMIN_KEY."""
     import json
-    import os
 
     from rich.console import Console
     from rich.markup import escape
@@ -377,7 +329,6 @@ def command(
             model,
             version,
             replicas,
-            admin_key=os.environ.get("TRITON_ADMIN_KEY", ""),
             ready_timeout_s=ready_timeout,
             log=lambda message: console.print(escape(message)),
         )

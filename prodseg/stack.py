@@ -94,14 +94,18 @@ class EmbeddedStack:
     triton: TritonServer = field(default_factory=TritonServer)
     gateway_port: int = 0
     gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway_data_dir: Path | None = None  # None: the gateway's default (out/gateway)
     gateway: GatewayProcess | None = field(default=None, init=False)
 
     def start(self) -> EmbeddedStack:
         self.triton.start()
         try:
-            self.gateway = GatewayProcess(
+            gateway = GatewayProcess(
                 self.triton.grpc_url, self.gateway_port, env=serving_env(self.triton) | self.gateway_env
-            ).start()
+            )
+            if self.gateway_data_dir is not None:
+                gateway.data_dir = self.gateway_data_dir
+            self.gateway = gateway.start()
         except BaseException:
             self.triton.stop()
             raise

@@ -1,7 +1,8 @@
 """``prodseg stream``: a camera (or a video file played as one) to Triton over gRPC, live.
 
 Frames are sent at the target FPS with a bounded window; frames that find the window full are
-dropped and counted. The annotated stream, with the achieved FPS drawn on it, is written to a video.
+dropped and counted. ``--wire jpeg`` sends them as JPEG (``clients/wire.py``): a tenth of the bytes.
+The annotated stream, with the achieved FPS drawn on it, is written to a video.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from clients.contract import ModelContract
 from clients.live import StreamStats, camera_frames, stream_live
 from clients.overlay import Annotator
 from clients.results import FrameResult
+from clients.temporal import REUSE_OFF, ReuseSettings
 from clients.triton_client import TritonModelClient
 from clients.video import FPSMonitor, VideoSink
+from clients.wire import DEFAULT_JPEG_QUALITY, Wire
 
 
 def run_stream(
@@ -28,15 +31,21 @@ def run_stream(
     window: int,
     output: Path | None,
     max_frames: int | None,
+    reuse: ReuseSettings = REUSE_OFF,
+    wire: Wire = Wire.RAW,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
 ) -> StreamStats:
     frames = camera_frames(source, max_frames)  # fails at once if the source cannot be opened
     annotate = Annotator(contract)
     meter = FPSMonitor(window=int(fps) or 1)
 
     async def run(sink: VideoSink | None) -> StreamStats:
-        async with TritonModelClient(triton, contract, max_in_flight=window) as client:
+        async with TritonModelClient(
+            triton, contract, max_in_flight=window, wire=wire, jpeg_quality=jpeg_quality
+        ) as client:
             if not await client.is_ready():
-                raise ConnectionError(f"Triton at {triton} is not ready for {contract.model_name}")
+                served = f"{contract.model_name}_jpeg" if wire == Wire.JPEG else contract.model_name
+                raise ConnectionError(f"Triton at {triton} is not ready for {served}")
 
             def show(frame: np.ndarray, result: FrameResult, latency_s: float) -> None:
                 meter.tick()
@@ -55,7 +64,7 @@ def run_stream(
                     )
                     sink.write(picture)
 
-            return await stream_live(client, frames, fps, window, show)
+            return await stream_live(client, frames, fps, window, show, reuse=reuse)
 
     if output is None:
         return asyncio.run(run(None))

@@ -4,7 +4,8 @@ Only the binary is used (not PyTriton's ``bind()`` proxies), so the project's re
 is served exactly as the NGC image would serve it. The server runs in its own virtualenv
 (``.venv-triton``) because its python backend stub needs numpy < 2 (see shared NOTES), bound to
 127.0.0.1, with explicit model control, and is stopped by PID (its whole process group, which
-includes the python stubs).
+includes the python stubs). Beside the models it loads their JPEG-wire companions (``<model>_jpeg``
+and the shared ``jpeg_decoder``/``mask_encoder``, ``clients/wire.py``) when the repository has them.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class TritonServer:
 
     repository: Path = field(default_factory=default_repository)
     models: tuple[str, ...] = ()  # () = every model of the repository whose contract holds
+    jpeg_wire: bool = True  # also load the models' JPEG-wire companions the repository holds
     config_name: str = "cpu"
     http_port: int = 0
     grpc_port: int = 0
@@ -99,6 +101,7 @@ class TritonServer:
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = field(default=None, init=False)
     refused: dict[str, str] = field(default_factory=dict, init=False)
+    companions: tuple[str, ...] = field(default=(), init=False)  # helpers loaded beside the models
 
     @property
     def http_url(self) -> str:
@@ -114,13 +117,15 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         install = TritonInstall.find()
+        found = discover(self.repository)
         if not self.models:
-            found = discover(self.repository)
             self.refused = dict(found.errors)  # reported by `prodseg serve`; the other models still load
             for name in found.contracts:
                 if not versions(Path(self.repository) / name):
                     self.refused[name] = f"{name}: no published version to serve"
             self.models = tuple(name for name in found.contracts if name not in self.refused)
+        if self.jpeg_wire:
+            self.companions = found.companions_of(self.models)
         spare = iter(free_ports(3))
         self.http_port, self.grpc_port, self.metrics_port = (
             port or next(spare) for port in (self.http_port, self.grpc_port, self.metrics_port)
@@ -133,7 +138,7 @@ class TritonServer:
             f"--model-repository={Path(self.repository).resolve()}",
             f"--backend-directory={install.backend_directory()}",
             "--model-control-mode=explicit",
-            *[f"--load-model={model}" for model in self.models],
+            *[f"--load-model={model}" for model in (*self.models, *self.companions)],
             f"--model-config-name={self.config_name}",
             "--exit-on-error=false",  # a model that fails to load is reported, not a dead server
             "--strict-readiness=true",
@@ -156,10 +161,18 @@ class TritonServer:
         return self
 
     def _wait_until_ready(self) -> None:
+        def ready(model: str) -> bool:
+            return http_ok(f"http://{self.http_url}/v2/models/{model}/ready")
+
         def models_ready() -> bool:
-            return all(http_ok(f"http://{self.http_url}/v2/models/{model}/ready") for model in self.models)
+            return all(ready(model) for model in self.models)
 
         wait_until_ready(self.process, models_ready, self.startup_timeout_s, "tritonserver", self.log_tail)
+        # Startup loads finish before the server answers, so a companion not ready now failed to load
+        # (e.g. no OpenCV in the stub's environment): the models serve raw, and serve reports it.
+        for name in [name for name in self.companions if not ready(name)]:
+            self.refused[name] = f"{name}: did not load, so the JPEG wire is off (see {self.log_path})"
+        self.companions = tuple(name for name in self.companions if name not in self.refused)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():

@@ -2,7 +2,8 @@
 
 ``ingest`` checks an SKU-110K-format CSV, ``bootstrap`` turns its boxes into a mask dataset, and
 ``synth-boxes`` writes such a CSV from generated shelves for trying both without the real data.
-``data snapshot|versions|checkout`` version each model's feedback with DVC (training/data_versions.py).
+``data snapshot|track|versions|checkout`` version each model's feedback and base training sets with
+DVC (training/data_versions.py).
 Only typer and the standard library are imported at load time: the rest inside the commands.
 """
 
@@ -16,11 +17,13 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from training.data_versions import Snapshot
+
 CsvArgument = Annotated[
     Path, typer.Argument(help="annotations CSV: image_name,x1,y1,x2,y2,class,image_width,image_height")
 ]
 ImagesArgument = Annotated[Path, typer.Argument(help="folder holding the images the CSV names")]
-ModelOption = Annotated[str, typer.Option(help="the model whose feedback is versioned, e.g. shelf_segmenter")]
+ModelOption = Annotated[str, typer.Option(help="the model whose data is versioned, e.g. shelf_segmenter")]
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option(help="the DVC workspace (default: $PRODSEG_DATA_WORKSPACE, else out/data)"),
@@ -34,7 +37,8 @@ RemoteOption = Annotated[
 ]
 
 data_app = typer.Typer(
-    help="Versioned datasets (DVC): snapshot each model's feedback, list versions, restore one.",
+    help="Versioned datasets (DVC): snapshot each model's feedback, track its base training set, "
+    "list versions, restore one.",
     no_args_is_help=True,
 )
 
@@ -45,6 +49,7 @@ def register(app: typer.Typer) -> None:
     app.command()(bootstrap)
     app.command("synth-boxes")(synth_boxes)
     data_app.command()(snapshot)
+    data_app.command()(track)
     data_app.command()(versions)
     data_app.command()(checkout)
     app.add_typer(data_app, name="data")
@@ -90,18 +95,85 @@ def snapshot(
         console().print(
             f"left out {len(result.skipped)} entries whose files are missing: {result.skipped[:5]}"
         )
-    version = result.version
-    if version is None:
+    if result.version is None:
         console().print(f"nothing to snapshot: {model} has no feedback entries yet")
         return
+    _report_version(result, store.root, "entries", "snapshot")
+
+
+def track(
+    path: Annotated[Path | None, typer.Argument(help="the base training set's folder (with --model)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="the model it trains (default with --config: the config's)")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="a training config: track the data it trains on (a folder, or procedural data "
+            "rendered to a folder) instead of PATH",
+        ),
+    ] = None,
+    message: Annotated[str | None, typer.Option(help="a note kept with the version")] = None,
+    workspace: WorkspaceOption = None,
+    remote: RemoteOption = None,
+) -> None:
+    """Version a model's base training set with DVC, beside its feedback: `base/<model>/v<N>`.
+
+    PATH (a folder) is copied into the workspace as it is and added with DVC. With --config, the
+    config's own data is tracked: its folder, or its procedural scenes rendered at the model's input
+    size (train/, val/, test/ in the folder format). Training runs on that data then name this version
+    in their lineage (data.json, MLflow params and tags, the model card). The same data as the latest
+    base version: no version (exit 0). A push that fails keeps the version locally, says why and
+    exits 1; the next track pushes it again.
+    """
+    from training.cli_output import console, fail
+    from training.config import ConfigError, load_config
+    from training.data_versions import DataVersionError, DataWorkspace, DvcError, track_config
+    from training.datasets import DatasetError
+
+    if (path is None) == (config is None):
+        raise fail("give either PATH (with --model) or --config")
+    store = DataWorkspace(workspace, remote)
+    try:
+        if config is not None:
+            loaded = load_config(config)
+            named = loaded.publish.model_name
+            if model is not None and model != named:
+                raise fail(f"--model {model}, but {config} trains {named}")
+            model = named
+            with console().status(f"Tracking the data of {config}"):
+                result = track_config(loaded, store, message)
+        else:
+            if model is None:
+                raise fail("--model is required with PATH")
+            with console().status(f"Tracking {path} as {model}'s base training set"):
+                result = store.track(model, path, message)
+    except (DataVersionError, ConfigError, DatasetError, OSError) as error:
+        raise fail(str(error)) from None
+    except DvcError as error:
+        console().print(f"[red]error:[/red] dvc failed in {store.root}: {error}")
+        raise typer.Exit(code=1) from None
+    _report_version(result, store.root, "images", "track")
+
+
+def _report_version(result: Snapshot, workspace: Path, counted: str, command: str) -> None:
+    """Say what a snapshot or track made; a version the remote did not get exits 1, naming why."""
+    from training.cli_output import console
+
+    version = result.version
+    assert version is not None
     if result.created:
-        console().print(f"{version.id}: {version.entries} entries, {version.files} files, md5 {version.md5}")
+        console().print(
+            f"{version.id}: {version.entries} {counted}, {version.files} files, md5 {version.md5}"
+        )
     else:
         console().print(f"nothing new since {version.id}: no new version")
     if not version.pushed:
         console().print(
             f"[red]error:[/red] push of {version.id} to the DVC remote {version.remote} failed: "
-            f"{version.push_error}. The version is kept in {store.root}; the next snapshot pushes it again."
+            f"{version.push_error}. The version is kept in {workspace}; the next {command} pushes it again."
         )
         raise typer.Exit(code=1)
     print(version.id)  # stdout: the version alone, for scripts
@@ -112,7 +184,8 @@ def versions(
     workspace: WorkspaceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the versions as JSON")] = False,
 ) -> None:
-    """List a model's data versions: id, entries, files, DVC md5, when, pushed to which remote."""
+    """List a model's data versions, base sets then feedback: id, entries (feedback) or images (base),
+    files, DVC md5, when, pushed to which remote, where a base set came from."""
     import json
 
     from rich.table import Table
@@ -121,16 +194,19 @@ def versions(
     from training.data_versions import DataVersionError, DataWorkspace
 
     try:
-        found = DataWorkspace(workspace).versions(model)
+        found = DataWorkspace(workspace).all_versions(model)
     except DataVersionError as error:
         raise fail(str(error)) from None
     if as_json:
         print(json.dumps([version.to_dict() for version in found], indent=2))
         return
     if not found:
-        console().print(f"{model} has no data versions yet (`prodseg data snapshot --model {model}`)")
+        console().print(
+            f"{model} has no data versions yet (`prodseg data snapshot --model {model}`, "
+            f"`prodseg data track --model {model} PATH`)"
+        )
         return
-    table = Table("version", "entries", "files", "md5", "created", "remote", "message")
+    table = Table("version", "entries", "files", "md5", "created", "remote", "source", "message")
     for version in found:
         pushed = version.remote if version.pushed else f"[red]not pushed[/red] ({version.push_error})"
         table.add_row(
@@ -140,6 +216,7 @@ def versions(
             version.md5,
             version.created,
             pushed,
+            version.source or "",
             version.message or "",
         )
     console().print(table)
@@ -147,7 +224,13 @@ def versions(
 
 def checkout(
     model: ModelOption,
-    version: Annotated[str, typer.Option(help="N, vN, feedback/<model>/vN or latest")] = "latest",
+    version: Annotated[
+        str,
+        typer.Option(
+            help="N, vN or latest (feedback), base/vN or base/latest, or a full id "
+            "(feedback/<model>/vN, base/<model>/vN)"
+        ),
+    ] = "latest",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -159,8 +242,9 @@ def checkout(
 ) -> None:
     """Restore a data version's files into a folder with `dvc pull` (local cache first, then the remote).
 
-    The folder is a dataset in the gateway's layout (segmentation: images/ + masks/), ready for a
-    training config's `data: {kind: folder, root: ...}`; the run then records this version.
+    A feedback version is a dataset in the gateway's layout (segmentation: images/ + masks/), ready
+    for a training config's `data: {kind: folder, root: ...}`; a base version is the folder that was
+    tracked (procedural data: train/, val/, test/). A run on the folder records this version.
     """
     from training.cli_output import console, fail
     from training.data_versions import DataVersionError, DataWorkspace, DvcError

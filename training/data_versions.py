@@ -1,17 +1,25 @@
-"""Versioned datasets with DVC: feedback snapshots, their versions and checkouts, and lineage.
+"""Versioned datasets with DVC: feedback snapshots, base training sets, versions, checkouts, lineage.
 
-The gateway stores each model's feedback as a dataset in a public layout under
-``$PRODSEG_GATEWAY_DATA_DIR/feedback/<model>/`` (``gateway/feedback.py``; default
-``out/gateway/feedback``), appending one line to ``index.jsonl`` once an entry's files exist. A
-*snapshot* freezes what that index lists into a new data version in a DVC workspace:
+Two kinds of data version live side by side in one DVC workspace, numbered per model and kind:
+
+* ``feedback/<model>/v<N>``: the gateway stores each model's feedback as a dataset in a public
+  layout under ``$PRODSEG_GATEWAY_DATA_DIR/feedback/<model>/`` (``gateway/feedback.py``; default
+  ``out/gateway/feedback``), appending one line to ``index.jsonl`` once an entry's files exist. A
+  *snapshot* freezes what that index lists into a new feedback version.
+* ``base/<model>/v<N>``: the base training set a config trains on, *tracked* with ``prodseg data
+  track``: a folder dataset copied as it is, or a procedural one materialised to a folder
+  (``train/``, ``val/``, ``test/`` in the folder format, rendered at the model's input size).
 
     <workspace>/                      PRODSEG_DATA_WORKSPACE, default out/data
         .dvc/                         DVC's config (remote ``storage``) and content-addressed cache
         feedback/<model>/             the frozen copy: index.jsonl + the files its entries name
         feedback/<model>.dvc          what ``dvc add`` wrote for it (the current state)
-        versions/<model>/v<N>.dvc     that .dvc file as it was at version N, its output named v<N>
+        base/<model>/, base/<model>.dvc   the same for the model's base training set
+        versions/<model>/v<N>.dvc     that .dvc file as it was at feedback version N, its output named v<N>
         versions/<model>/v<N>.json    version N: md5, files, entries, message, pushed or not
-        checkouts/<model>/v<N>/       a version restored by ``dvc pull`` (when no other folder is named)
+        versions/<model>/base/v<N>.*  the same for base version N (feedback versions came first and
+                                      keep their place)
+        checkouts/<model>/[base/]v<N>/   a version restored by ``dvc pull`` (when no other folder is named)
 
 The workspace is a DVC repository initialised with ``--no-scm``: it works in pods and Azure ML jobs
 that have no git and never touches this project's own git history (code is committed by people; data
@@ -25,10 +33,13 @@ Copying into the workspace (rather than ``dvc add`` on the gateway's own folder)
 keeps writing while a snapshot runs, and a half-written entry (files present, no index line yet) is
 never part of a version.
 
-Lineage: :func:`data_lineage` names the data a training run used (a DVC-tracked folder's md5, a
-feedback version recognised by content, or the procedural recipe) and :func:`code_commit` the code.
-No torch: the standard library, PyYAML and configobj (DVC's config format); DVC itself runs as its
-own command (``python -m dvc``), so its errors arrive as text to report.
+Lineage: :func:`config_lineage` and :func:`data_lineage` name the data a training run used: a
+base or feedback version recognised by content (a folder) or by recipe (procedural data: the same
+generator, seed, sizes, input size, classes and generator code), else a DVC-tracked folder's md5 or
+the procedural recipe; ``base_version`` and ``feedback_version`` name each kind apart.
+:func:`code_commit` names the code. No torch: the standard library, PyYAML and configobj (DVC's
+config format), and the data loaders only to materialise procedural data; DVC itself runs as its own
+command (``python -m dvc``), so its errors arrive as text to report.
 """
 
 from __future__ import annotations
@@ -46,14 +57,19 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clients.atomic import write_text
+
+if TYPE_CHECKING:
+    from training.config import PipelineConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_ENV = "PRODSEG_DATA_WORKSPACE"
 REMOTE_ENV = "PRODSEG_DVC_REMOTE"
 REMOTE_NAME = "storage"  # the one DVC remote a workspace pushes to and pulls from
+FEEDBACK, BASE = "feedback", "base"  # the kinds of data version: users' corrections, base training sets
+KINDS = (FEEDBACK, BASE)
 _DVC_TIMEOUT_S = 600  # a push of a large set to a slow remote; a hung remote still ends
 
 
@@ -87,17 +103,20 @@ class DataVersion:
     md5: str  # DVC's hash of the folder (``<md5>.dir``)
     files: int
     bytes: int
-    entries: int  # feedback entries (index.jsonl lines) in the version
+    entries: int  # feedback: entries (index.jsonl lines); base: images (files in images/ folders)
     digest: str  # sha256 over (path, sha256) of every file: recognises the data wherever it is copied
     created: str
     message: str | None
     remote: str
     pushed: bool
     push_error: str | None = None
+    kind: str = FEEDBACK  # FEEDBACK or BASE (records written before base sets were tracked: feedback)
+    source: str | None = None  # base: the folder it was copied from, or the procedural recipe
+    fingerprint: str | None = None  # procedural base: recognises the recipe (see procedural_fingerprint)
 
     @property
     def id(self) -> str:
-        return f"feedback/{self.model}/v{self.number}"
+        return f"{self.kind}/{self.model}/v{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, **asdict(self)}
@@ -110,12 +129,12 @@ class DataVersion:
 @dataclass(frozen=True)
 class Snapshot:
     version: DataVersion | None  # the new version, the latest when nothing was new; None: no feedback yet
-    created: bool  # False: the feedback equals the latest version, so no version was made
-    skipped: list[str]  # index entries left out because a file they name is missing
+    created: bool  # False: the data equals the latest version, so no version was made
+    skipped: list[str]  # feedback index entries left out because a file they name is missing
 
 
 class DataWorkspace:
-    """A DVC repository holding versioned feedback sets (``dvc init --no-scm`` on first use)."""
+    """A DVC repository holding versioned feedback and base sets (``dvc init --no-scm`` on first use)."""
 
     def __init__(self, root: Path | None = None, remote: str | None = None) -> None:
         self.root = Path(root or default_workspace()).resolve()
@@ -195,29 +214,42 @@ class DataWorkspace:
 
     # ------------------------------------------------------------------------------------ versions
 
-    def versions(self, model: str) -> list[DataVersion]:
+    def _versions_dir(self, model: str, kind: str) -> Path:
         folder = self.root / "versions" / _model_name(model)
+        return folder if kind == FEEDBACK else folder / kind
+
+    def versions(self, model: str, kind: str = FEEDBACK) -> list[DataVersion]:
+        """``model``'s versions of one kind, oldest first."""
+        folder = self._versions_dir(model, kind)
         found = [DataVersion.from_dict(json.loads(path.read_text())) for path in folder.glob("v*.json")]
         return sorted(found, key=lambda version: version.number)
 
+    def all_versions(self, model: str) -> list[DataVersion]:
+        """``model``'s base versions, then its feedback versions."""
+        return [version for kind in (BASE, FEEDBACK) for version in self.versions(model, kind)]
+
     def version(self, model: str, ref: str) -> DataVersion:
-        """A version by ``N``, ``vN``, ``feedback/<model>/vN`` or ``latest``."""
-        versions = self.versions(model)
-        if not versions:
+        """A version by ``N``, ``vN``, ``latest`` (feedback), ``base/vN``, ``base/latest`` or a full id
+        (``feedback/<model>/vN``, ``base/<model>/vN``)."""
+        known = self.all_versions(model)
+        if not known:
             raise DataVersionError(
-                f"{model} has no data versions in {self.root} (run `prodseg data snapshot`)"
+                f"{model} has no data versions in {self.root} "
+                "(run `prodseg data snapshot` or `prodseg data track`)"
             )
-        if ref == "latest":
-            return versions[-1]
-        match = re.fullmatch(rf"(?:feedback/{re.escape(model)}/)?v?(\d+)", ref)
+        match = re.fullmatch(
+            rf"(?:(?P<kind>{'|'.join(KINDS)})/)?(?:{re.escape(model)}/)?(?P<number>v?\d+|latest)", ref
+        )
+        versions = self.versions(model, match.group("kind") or FEEDBACK) if match else []
         by_number = {version.number: version for version in versions}
-        if match is None or int(match.group(1)) not in by_number:
-            known = ", ".join(version.id for version in versions)
-            raise DataVersionError(f"{model} has no data version {ref!r}; it has {known}")
-        return by_number[int(match.group(1))]
+        number = match.group("number").removeprefix("v") if match else ""
+        if match is None or not versions or (number != "latest" and int(number) not in by_number):
+            listed = ", ".join(version.id for version in known)
+            raise DataVersionError(f"{model} has no data version {ref!r}; it has {listed}")
+        return versions[-1] if number == "latest" else by_number[int(number)]
 
     def _save(self, version: DataVersion) -> None:
-        folder = self.root / "versions" / version.model
+        folder = self._versions_dir(version.model, version.kind)
         write_text(folder / f"v{version.number}.json", json.dumps(version.to_dict(), indent=2) + "\n")
 
     # ------------------------------------------------------------------------------------ snapshot
@@ -235,48 +267,106 @@ class DataWorkspace:
             raise DataVersionError(f"no feedback for {model}: {source / 'index.jsonl'} does not exist")
         with self._locked():
             remote = self.open()
-            frozen = self.root / "feedback" / model
-            entries, skipped = _mirror_feedback(source, frozen)
-            digest, files, size = folder_digest(frozen)
-            versions = self.versions(model)
-            latest = versions[-1] if versions else None
-            if latest is None and entries == 0:
+            entries, skipped = _mirror_feedback(source, self.root / FEEDBACK / model)
+            if not self.versions(model, FEEDBACK) and entries == 0:
                 return Snapshot(None, created=False, skipped=skipped)
-            if latest is not None and latest.digest == digest:
-                return Snapshot(self._push_pending(model, remote)[-1], created=False, skipped=skipped)
-            self._dvc("add", "--quiet", f"feedback/{model}")
-            dvc_file = self.root / "feedback" / f"{model}.dvc"
-            number = (latest.number if latest else 0) + 1
-            # Kept with its output renamed v<N> (a folder beside it that only a checkout makes): DVC
-            # refuses two .dvc files naming one output, and every kept version is a .dvc file it reads.
-            write_text(self._kept_dvc(model, number), _renamed_output(dvc_file, f"v{number}"))
-            version = DataVersion(
-                model=model,
-                number=number,
-                md5=_dvc_md5(dvc_file),
-                files=files,
-                bytes=size,
-                entries=entries,
-                digest=digest,
-                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                message=message,
-                remote=remote,
-                pushed=False,
+            version, created = self._commit(FEEDBACK, model, remote, entries, message)
+            return Snapshot(version, created=created, skipped=skipped)
+
+    def track(
+        self,
+        model: str,
+        folder: Path,
+        message: str | None = None,
+        source: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Snapshot:
+        """Make ``folder`` (a base training set) the next base version of ``model`` and push it.
+
+        The folder is copied into the workspace as it is; the same data as the latest base version
+        (same files, and for procedural data the same fingerprint) makes no version. ``source`` says
+        where it came from (default: the folder's path) and ``fingerprint`` recognises procedural data
+        (:func:`procedural_fingerprint`). A failed push keeps the version locally, as
+        :meth:`snapshot` does.
+        """
+        model = _model_name(model)
+        folder = Path(folder).resolve()
+        if not folder.exists():
+            raise DataVersionError(f"{folder} does not exist: nothing to track")
+        if not folder.is_dir():
+            raise DataVersionError(f"{folder} is not a folder: nothing to track")
+        if not any(path.is_file() for path in folder.rglob("*")):
+            raise DataVersionError(f"{folder} holds no files: nothing to track")
+        with self._locked():
+            remote = self.open()
+            frozen = self.root / BASE / model
+            if frozen == folder or frozen in folder.parents or folder in frozen.parents:
+                raise DataVersionError(f"{folder} overlaps the workspace's own copy {frozen}")
+            _mirror_folder(folder, frozen)
+            images = sum(1 for path in frozen.rglob("*") if path.is_file() and path.parent.name == "images")
+            entries = images or sum(1 for path in frozen.rglob("*") if path.is_file())
+            version, created = self._commit(
+                BASE, model, remote, entries, message, source or str(folder), fingerprint
             )
-            self._save(version)  # committed locally before the push: a failed push loses nothing
-            return Snapshot(self._push_pending(model, remote)[-1], created=True, skipped=skipped)
+            return Snapshot(version, created=created, skipped=[])
 
-    def _kept_dvc(self, model: str, number: int) -> Path:
-        return self.root / "versions" / model / f"v{number}.dvc"
+    def _commit(
+        self,
+        kind: str,
+        model: str,
+        remote: str,
+        entries: int,
+        message: str | None,
+        source: str | None = None,
+        fingerprint: str | None = None,
+    ) -> tuple[DataVersion, bool]:
+        """Version the frozen copy ``<kind>/<model>`` (``dvc add``) unless it equals the latest version
+        of that kind, then push what is pending; (the version, whether it is new). Hold the lock."""
+        frozen = self.root / kind / model
+        digest, files, size = folder_digest(frozen)
+        versions = self.versions(model, kind)
+        latest = versions[-1] if versions else None
+        if latest is not None and (latest.digest, latest.fingerprint) == (digest, fingerprint):
+            return self._push_pending(model, kind, remote)[-1], False  # the same data (and recipe)
+        self._dvc("add", "--quiet", f"{kind}/{model}")
+        dvc_file = self.root / kind / f"{model}.dvc"
+        number = (latest.number if latest else 0) + 1
+        # Kept with its output renamed v<N> (a folder beside it that only a checkout makes): DVC
+        # refuses two .dvc files naming one output, and every kept version is a .dvc file it reads.
+        write_text(self._kept_dvc(model, kind, number), _renamed_output(dvc_file, f"v{number}"))
+        version = DataVersion(
+            model=model,
+            number=number,
+            md5=_dvc_md5(dvc_file),
+            files=files,
+            bytes=size,
+            entries=entries,
+            digest=digest,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            message=message,
+            remote=remote,
+            pushed=False,
+            kind=kind,
+            source=source,
+            fingerprint=fingerprint,
+        )
+        self._save(version)  # committed locally before the push: a failed push loses nothing
+        return self._push_pending(model, kind, remote)[-1], True
 
-    def _push_pending(self, model: str, remote: str) -> list[DataVersion]:
-        """Push, in one ``dvc push``, every version of ``model`` not yet on ``remote`` (new ones, ones
-        an earlier push failed to send, all of them after the remote changed); the versions after."""
-        versions = self.versions(model)
+    def _kept_dvc(self, model: str, kind: str, number: int) -> Path:
+        return self._versions_dir(model, kind) / f"v{number}.dvc"
+
+    def _push_pending(self, model: str, kind: str, remote: str) -> list[DataVersion]:
+        """Push, in one ``dvc push``, every version of ``model`` and ``kind`` not yet on ``remote`` (new
+        ones, ones an earlier push failed to send, all of them after the remote changed); the versions
+        after."""
+        versions = self.versions(model, kind)
         pending = [version for version in versions if not version.pushed or version.remote != remote]
         if not pending:
             return versions
-        targets = [str(self._kept_dvc(model, version.number).relative_to(self.root)) for version in pending]
+        targets = [
+            str(self._kept_dvc(model, kind, version.number).relative_to(self.root)) for version in pending
+        ]
         try:
             self._dvc("push", "--remote", REMOTE_NAME, *targets)
             outcome: dict[str, Any] = {"remote": remote, "pushed": True, "push_error": None}
@@ -284,13 +374,14 @@ class DataWorkspace:
             outcome = {"remote": remote, "pushed": False, "push_error": str(error)}
         for version in pending:
             self._save(DataVersion(**{**asdict(version), **outcome}))
-        return self.versions(model)
+        return self.versions(model, kind)
 
     # ------------------------------------------------------------------------------------ checkout
 
     def checkout(self, model: str, ref: str, out_dir: Path | None = None) -> tuple[DataVersion, Path]:
-        """Restore a version's files into ``out_dir`` (default ``checkouts/<model>/v<N>``) with
-        ``dvc pull``: from the local cache, or from the remote for what the cache lacks."""
+        """Restore a version's files (``ref`` as :meth:`version` reads it) into ``out_dir`` (default
+        ``checkouts/<model>/[base/]v<N>``) with ``dvc pull``: from the local cache, or from the remote
+        for what the cache lacks."""
         model = _model_name(model)
         version = self.version(model, ref)
         if out_dir is not None:
@@ -299,10 +390,12 @@ class DataWorkspace:
                 raise DataVersionError(f"{out_dir} exists and is not an empty folder")
         with self._locked():
             self.open()
-            staged_dvc = self.root / "checkouts" / model / f"v{version.number}.dvc"
-            write_text(
-                staged_dvc, self._kept_dvc(model, version.number).read_text()
-            )  # output: v<N> beside it
+            checkouts = self.root / "checkouts" / model
+            staged_dvc = (checkouts if version.kind == FEEDBACK else checkouts / version.kind) / (
+                f"v{version.number}.dvc"
+            )
+            kept = self._kept_dvc(model, version.kind, version.number)
+            write_text(staged_dvc, kept.read_text())  # output: v<N> beside it
             self._dvc("pull", "--force", "--remote", REMOTE_NAME, str(staged_dvc.relative_to(self.root)))
             restored = staged_dvc.with_suffix("")
             if out_dir is None or out_dir == restored:
@@ -358,6 +451,27 @@ def _mirror_feedback(source: Path, frozen: Path) -> tuple[int, list[str]]:
             path.rmdir()
     write_text(frozen / "index.jsonl", "".join(line + "\n" for line in kept_lines))
     return len(kept_lines), skipped
+
+
+def _mirror_folder(source: Path, frozen: Path) -> None:
+    """Make ``frozen`` hold exactly ``source``'s files. Copies keep their modification time, so a file
+    of the same size and time is taken as unchanged: re-tracking a large set copies only what changed."""
+    wanted = {path.relative_to(source) for path in source.rglob("*") if path.is_file()}
+    frozen.mkdir(parents=True, exist_ok=True)
+    for name in sorted(wanted):
+        origin, copy = source / name, frozen / name
+        same = copy.is_file() and (copy.stat().st_size, copy.stat().st_mtime_ns) == (
+            origin.stat().st_size,
+            origin.stat().st_mtime_ns,
+        )
+        if not same:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin, copy)
+    for path in sorted(frozen.rglob("*"), reverse=True):  # files first, then folders left empty
+        if path.is_file() and path.relative_to(frozen) not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def folder_digest(folder: Path) -> tuple[str, int, int]:
@@ -424,48 +538,163 @@ def code_commit(repository: Path = PROJECT_ROOT) -> dict[str, Any]:
     return {"commit": os.environ.get("PRODSEG_CODE_COMMIT") or None, "dirty": None}
 
 
+@dataclass(frozen=True)
+class ConfigData:
+    """What a training config's ``data:`` section trains on, as tracking and lineage see it."""
+
+    kind: str  # the config's data kind: procedural, folder, sku110k
+    paths: list[Path]  # the folders (or files) it reads; none for procedural data
+    recipe: str | None = None  # procedural data: generator, seed and split sizes
+    fingerprint: str | None = None  # procedural data: see procedural_fingerprint
+
+
+def config_data(config: PipelineConfig) -> ConfigData:
+    """The data of ``config``: a SKU-110K set by its ``root`` folder (else its images and CSV), a
+    folder dataset by its ``root``, procedural data by its recipe and fingerprint."""
+    from training.config import Sku110kSource
+
+    data = config.data
+    assert data is not None  # config_from_dict always sets it
+    if isinstance(data, Sku110kSource):
+        paths = [data.root] if data.root is not None else [data.path("images"), data.path("annotations")]
+        return ConfigData(data.kind, paths)
+    if data.root is not None:
+        return ConfigData(data.kind, [data.root])
+    recipe = f"procedural:{data.generator}:seed={data.seed}:{data.train}/{data.val}/{data.test}"
+    contract = config.contract()
+    fingerprint = procedural_fingerprint(
+        recipe, str(data.generator), contract.height, contract.width, contract.labels.names
+    )
+    return ConfigData(data.kind, [], recipe, fingerprint)
+
+
+def procedural_fingerprint(recipe: str, generator: str, height: int, width: int, classes: list[str]) -> str:
+    """sha256 of what makes procedural data what it is: the recipe, the input size it is rendered at,
+    the classes it draws and the generator's code (``datagen/<generator>.py``): a tracked base version
+    with the same fingerprint holds the scenes a run with this recipe trains on."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"datagen.{generator}")
+    code = Path(spec.origin).read_bytes() if spec is not None and spec.origin else b""
+    described = json.dumps([recipe, height, width, list(classes)]).encode()
+    return hashlib.sha256(described + b"\0" + code).hexdigest()
+
+
+def materialise(config: PipelineConfig, out_dir: Path) -> None:
+    """Render the procedural data ``config`` trains on into ``out_dir``: ``train/``, ``val/`` and
+    ``test/`` in the folder format, at the model's input size, scene for scene what a run renders.
+    Segmentation generators only (the folder format holds masks)."""
+    from training.datasets import GENERATORS, SPLITS, build_splits, write_folder_dataset
+
+    spec = config.data
+    if spec.kind != "procedural" or spec.generator not in GENERATORS:
+        raise DataVersionError(
+            f"{config.source}: {spec.kind} {getattr(spec, 'generator', '')} data cannot be written as a "
+            f"folder dataset (procedural segmentation generators only: {sorted(GENERATORS)}); "
+            "track a folder with `prodseg data track --model M PATH`"
+        )
+    contract = config.contract()
+    splits = build_splits(spec, contract.height, contract.width, contract.labels)
+    for split in SPLITS:
+        write_folder_dataset(getattr(splits, split), out_dir / split)
+
+
+def track_config(
+    config: PipelineConfig, workspace: DataWorkspace | None = None, message: str | None = None
+) -> Snapshot:
+    """Track the base training set ``config`` uses as the next base version of its model: a folder
+    set as it is, a procedural one rendered to a folder first (:func:`materialise`)."""
+    import tempfile
+
+    workspace = workspace or DataWorkspace()
+    model = config.publish.model_name
+    assert model is not None  # the config requires it
+    data = config_data(config)
+    if data.recipe is None:
+        if len(data.paths) != 1:
+            named = " and ".join(str(path) for path in data.paths)
+            raise DataVersionError(
+                f"{config.source}: its data is {named}, not one folder: track the folder holding them "
+                f"with `prodseg data track --model {model} PATH`"
+            )
+        return workspace.track(model, data.paths[0], message)
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".materialise-", dir=workspace.root) as scratch:
+        folder = Path(scratch) / "data"
+        materialise(config, folder)
+        return workspace.track(model, folder, message, data.recipe, data.fingerprint)
+
+
+def config_lineage(config: PipelineConfig, workspace: DataWorkspace | None = None) -> dict[str, Any]:
+    """:func:`data_lineage` of a training config's data (the lineage a run records)."""
+    data = config_data(config)
+    return data_lineage(data.kind, data.paths, data.recipe, workspace, data.fingerprint)
+
+
 def data_lineage(
-    kind: str, paths: list[Path], recipe: str | None = None, workspace: DataWorkspace | None = None
+    kind: str,
+    paths: list[Path],
+    recipe: str | None = None,
+    workspace: DataWorkspace | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Name the data of a training run.
 
     ``kind`` is the config's data kind; ``paths`` its folders or files; ``recipe`` describes
-    procedural data (which is versioned by its generator, seed and counts). Each path is matched
-    against the workspace's feedback versions by content, and else looked up as DVC-tracked (a
-    ``<name>.dvc`` beside it or beside a folder above it). ``id`` joins what was found in one string.
+    procedural data and ``fingerprint`` recognises it (:func:`procedural_fingerprint`). Procedural
+    data is named by the base version tracked with the same fingerprint, else by its recipe. Each
+    path is matched against the workspace's versions (base and feedback) by content, and else looked
+    up as DVC-tracked (a ``<name>.dvc`` beside it or beside a folder above it). ``id`` joins what was
+    found in one string; ``base_version`` and ``feedback_version`` name the versions of each kind.
     """
     workspace = workspace or DataWorkspace()
-    sources = [_source(Path(path), workspace) for path in paths]
-    parts = [recipe] if recipe else []
-    for source in sources:
-        if source["feedback_version"]:
-            parts.append(source["feedback_version"])
-        elif source["dvc_md5"]:
-            parts.append(f"dvc:{source['dvc_md5']}")
-        else:
-            parts.append(f"untracked:{source['path']}")
-    return {"id": " + ".join(parts) or kind, "kind": kind, "sources": sources}
+    versions = _every_version(workspace)
+    sources: list[dict[str, Any]] = []
+    if recipe:
+        match = next((v for v in versions if fingerprint and v.fingerprint == fingerprint), None)
+        sources.append({"recipe": recipe, "fingerprint": fingerprint, "version": match.id if match else None})
+    sources += [_source(Path(path), versions) for path in paths]
+    ids = [source["version"] for source in sources if source["version"]]
+    return {
+        "id": " + ".join(_name(source) for source in sources) or kind,
+        "kind": kind,
+        "sources": sources,
+        "base_version": next((i for i in ids if i.startswith(f"{BASE}/")), None),
+        "feedback_version": next((i for i in ids if i.startswith(f"{FEEDBACK}/")), None),
+    }
 
 
-def _source(path: Path, workspace: DataWorkspace) -> dict[str, Any]:
+def _name(source: dict[str, Any]) -> str:
+    """A source's part of a lineage id: its data version, else its recipe, DVC md5 or path."""
+    if source["version"]:
+        return str(source["version"])
+    if source.get("recipe"):
+        return str(source["recipe"])
+    return f"dvc:{source['dvc_md5']}" if source["dvc_md5"] else f"untracked:{source['path']}"
+
+
+def _every_version(workspace: DataWorkspace) -> list[DataVersion]:
+    folder = workspace.root / "versions"
+    if not folder.is_dir():
+        return []
+    models = sorted(path.name for path in folder.iterdir() if path.is_dir())
+    return [version for model in models for version in workspace.all_versions(model)]
+
+
+def _source(path: Path, versions: list[DataVersion]) -> dict[str, Any]:
     path = path.resolve()
-    found: dict[str, Any] = {"path": str(path), "dvc_file": None, "dvc_md5": None, "feedback_version": None}
+    found: dict[str, Any] = {"path": str(path), "dvc_file": None, "dvc_md5": None, "version": None}
     for folder in [path, *path.parents]:
         dvc_file = folder.parent / f"{folder.name}.dvc"
         if folder.name and dvc_file.is_file():
             found |= {"dvc_file": str(dvc_file), "dvc_md5": _dvc_md5(dvc_file)}
             break
-    if path.is_dir() and (workspace.root / "versions").is_dir():
-        candidates = [
-            version
-            for model_dir in sorted((workspace.root / "versions").iterdir())
-            for version in workspace.versions(model_dir.name)
-        ]
+    if path.is_dir() and versions:
         file_count = sum(1 for p in path.rglob("*") if p.is_file())
-        candidates = [version for version in candidates if version.files == file_count]
+        candidates = [version for version in versions if version.files == file_count]
         if candidates:  # hash the folder only when some version could match it
             digest = folder_digest(path)[0]
             match = next((version for version in candidates if version.digest == digest), None)
             if match is not None:
-                found |= {"feedback_version": match.id, "dvc_md5": found["dvc_md5"] or match.md5}
+                found |= {"version": match.id, "dvc_md5": found["dvc_md5"] or match.md5}
     return found

@@ -33,13 +33,13 @@ from typing import Any
 
 from clients.contract import ModelContract, default_repository
 from training import registry
-from training.config import PROJECT_ROOT, PipelineConfig, Sku110kSource
+from training.config import PROJECT_ROOT, PipelineConfig
 from training.datasets import write_json_atomically
 from training.evaluate import Baseline, GateResult, gate
 from training.export import ParityResult, check_parity, engine_predictor, export_onnx, export_openvino
 from training.tasks import DataSplits, Evaluation
 from training.tracking import Tracker, tracking_uri
-from training.train import TrainResult, TrainSummary, load_trained_model, train
+from training.train import WEIGHTS_FILE, TrainResult, TrainSummary, load_trained_model, save_weights, train
 
 RUNNER = "onnx_runner.py"  # the one python-backend runner, at the repository's root
 
@@ -159,6 +159,7 @@ def prepare_data(
     )
     if tracker is not None:
         tracker.set_tags(lineage_tags(lineage))
+        tracker.log_params(lineage_params(lineage))
         numbers = {f"data/{k}": v for k, v in sizes.items()}
         for section, values in splits.report.items():  # e.g. bootstrap/<count>, skipped files
             if isinstance(values, dict):
@@ -172,21 +173,20 @@ def prepare_data(
 def record_lineage(config: PipelineConfig) -> dict[str, Any]:
     """The data version a run trains on and the code commit that trains it (training/data_versions.py).
 
-    A folder or SKU-110K set is named by its DVC md5 when DVC tracks it, or by its feedback version
-    when it is a checkout of one; procedural data by its generator, seed and split sizes."""
-    from training.data_versions import code_commit, data_lineage
+    A folder or SKU-110K set is named by its base data version (``prodseg data track``) or feedback
+    version when its content is one, else by its DVC md5 when DVC tracks it; procedural data by its
+    base data version when one was tracked from the same recipe, else by generator, seed and sizes."""
+    from training.data_versions import code_commit, config_lineage
 
-    data = config.data
-    assert data is not None  # config_from_dict always sets it
-    paths: list[Path] = []
-    recipe = None
-    if isinstance(data, Sku110kSource):
-        paths = [data.path("images"), data.path("annotations")]
-    elif data.root is not None:
-        paths = [data.root]
-    else:
-        recipe = f"procedural:{data.generator}:seed={data.seed}:{data.train}/{data.val}/{data.test}"
-    return {"data_version": data_lineage(data.kind, paths, recipe), "code_commit": code_commit()}
+    return {"data_version": config_lineage(config), "code_commit": code_commit()}
+
+
+def lineage_params(lineage: dict[str, Any]) -> dict[str, str]:
+    """MLflow params naming the run's base and feedback data versions ("none" where there is none)."""
+    data_version = lineage["data_version"]
+    return {
+        f"data_version.{part}": data_version.get(f"{part}_version") or "none" for part in ("base", "feedback")
+    }
 
 
 def lineage_tags(lineage: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +206,9 @@ def train_stage(
     tracker: Tracker | None = None,
     progress: Any = None,
     resume: bool = False,
+    initial_weights: Path | None = None,
 ) -> TrainResult:
+    """Train into the run directory's checkpoint; ``initial_weights``: a warm start (see :func:`train`)."""
     if resume and not run.checkpoint.is_file():
         raise PipelineError(f"--resume: {run.checkpoint} does not exist")
     if not resume and run.checkpoint.is_file():
@@ -222,6 +224,7 @@ def train_stage(
         resume=run.checkpoint if resume else None,
         tracker=tracker,
         progress=progress,
+        initial_weights=initial_weights,
     )
     write_json_atomically(run.train_json, result.to_dict())
     if tracker is not None:
@@ -351,6 +354,9 @@ def publish_stage(
         **config.adapter.card(evaluation),
     )
     extra = sorted(run.openvino.glob("model.*")) if config.export.openvino_ir else []
+    if run.checkpoint.is_file():  # the torch weights, kept with the version for warm starts (retrain)
+        save_weights(run.checkpoint, run.root / WEIGHTS_FILE)
+        extra.append(run.root / WEIGHTS_FILE)
     version = registry.publish(run.onnx, card, repository_of(config), config.publish.model_name, extra)
     if tracker is not None:
         tracker.set_tags({"published_version": version})
@@ -390,14 +396,23 @@ class PipelineResult:
 
 
 def run_pipeline(
-    config: PipelineConfig, run_dir: Path | None = None, resume: bool = False, progress: Any = None
+    config: PipelineConfig,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    progress: Any = None,
+    initial_weights: Path | None = None,
 ) -> PipelineResult:
-    """Every stage in order, tracked in one MLflow run; stops before publishing if the gate refuses."""
+    """Every stage in order, tracked in one MLflow run; stops before publishing if the gate refuses.
+
+    ``initial_weights``: fine-tune from a trained network of the same architecture (a published
+    version's ``weights.pt``) instead of random init."""
     contract = config.contract()
     run = RunDir(Path(run_dir or default_run_dir(config)))
     with open_tracker(config, run) as tracker:
         splits = prepare_data(config, run, contract, tracker, progress)
-        trained = train_stage(config, run, contract, splits, tracker, progress, resume)
+        trained = train_stage(
+            config, run, contract, splits, tracker, progress, resume, initial_weights=initial_weights
+        )
         parity = export_stage(config, run, contract, splits, trained.model, tracker)
         evaluation, decision = evaluate_stage(config, run, contract, splits, tracker)
         version = promoted = None

@@ -129,6 +129,10 @@ def pipeline(
         ),
     ] = False,
     resume: Annotated[bool, typer.Option(help="continue the run directory's training checkpoint")] = False,
+    initial_weights: Annotated[
+        Path | None,
+        typer.Option(help="fine-tune from these weights (e.g. a published version's weights.pt)"),
+    ] = None,
     sets: SetOption = None,
 ) -> None:
     """Run the whole training pipeline from one config, tracked in one MLflow run.
@@ -146,7 +150,9 @@ def pipeline(
         if seed and seed_repository(loaded):
             console().print(f"seeded {repository_of(loaded)} with this checkout's model configs")
         with _progress() as progress:
-            result = run_pipeline(loaded, run_dir, resume=resume, progress=progress)
+            result = run_pipeline(
+                loaded, run_dir, resume=resume, progress=progress, initial_weights=initial_weights
+            )
     summary = result.train
     console().print(
         f"trained {summary.steps} steps ({summary.epochs} epochs, {summary.s_per_epoch} s/epoch, "
@@ -380,7 +386,12 @@ def deploy(
     alias: Annotated[str, typer.Option(help="the MLflow alias whose version to serve")] = "production",
     repository: RepositoryOption = None,
     triton: Annotated[
-        str | None, typer.Option("--triton", help="a running Triton's HTTP address (host:port) to reload")
+        str | None,
+        typer.Option(
+            "--triton",
+            help="a running Triton's HTTP address (host:port) to reload, or several replicas' "
+            "(comma separated) to roll over one at a time",
+        ),
     ] = None,
 ) -> None:
     """Serve an alias's version from the Triton repository, as the MLflow Model Registry says.
@@ -388,14 +399,34 @@ def deploy(
     Resolves the alias in MLflow, copies that version's registered files into <repository>/<model>/<N>/
     if they are missing there (through a staging folder and one rename), pins version_policy to it
     in config.pbtxt and every configs/*.pbtxt, and with --triton asks Triton to reload the model.
-    Exits 2 when the alias points nowhere.
+    With several --triton replicas (loading from this repository) the version is rolled out replica
+    by replica as `prodseg rollout` does (load new, wait ready, switch, drain old): no request fails.
+    Exits 2 when the alias points nowhere or a replica cannot be reached (nothing changed), 1 when
+    the rollout failed midway (every replica put back on its old version; the report is printed).
     """
+    import json
+
+    from rich.markup import escape
+
     from clients.contract import default_repository
+    from prodseg.rollout import RolloutFailed
     from training import registry
     from training.cli_output import console
 
-    with _user_errors():
-        done = registry.deploy(repository or default_repository(), model, alias, triton)
+    try:
+        with _user_errors():
+            done = registry.deploy(
+                repository or default_repository(),
+                model,
+                alias,
+                triton,
+                log=lambda message: console().print(escape(message), highlight=False),
+            )
+    except RolloutFailed as failure:
+        print(json.dumps(failure.report.to_dict(), indent=2))
+        console().print(f"[red]rollout failed:[/red] {escape(str(failure))}")
+        console().print(escape(f"serving now: {failure.report.serving}"), highlight=False)
+        raise typer.Exit(code=1) from None
     _print_deployment(console(), model, done)
 
 
@@ -514,7 +545,8 @@ def _print_retrain(out: Console, log: dict) -> None:
         f"corrections ({feedback['new_since_last_version']} since version {feedback['last_version']}): "
         f"{feedback['train']} trained on (x{feedback['train_repeat']}), {feedback['holdout']} held out",
         f"data version: {log['data_version']}",
-        f"warm start: version {log['warm_start']['from']}"
+        f"warm start: version {log['warm_start']['from']}'s whole network "
+        f"(validation {log['gate']['metric']} before the first step: {log['train']['initial_val_score']})"
         if log["warm_start"]["from"] is not None
         else f"warm start: none ({log['warm_start']['reason']})",
         f"trained {log['train']['steps']} steps on {log['train']['train_images']} images "
@@ -540,8 +572,18 @@ def _print_change(out: Console, change: AliasChange) -> None:
 
 
 def _print_deployment(out: Console, model: str, done: Deployment) -> None:
+    import json
+
     source = "copied from the MLflow registry" if done.materialised else "already in the repository"
     out.print(f"{model}: {done.alias} is version {done.version} ({source})", highlight=False)
     out.print(f"  pinned version {done.version} in {', '.join(done.configs)}", highlight=False)
-    if done.reloaded:
+    if done.rollout is not None:
+        print(json.dumps(done.rollout, indent=2))  # stdout: the rollout's report, as `prodseg rollout`'s
+        replicas = ", ".join(f"{url} {served}" for url, served in done.rollout["serving"].items())
+        out.print(
+            f"  rolled out replica by replica in {done.rollout['seconds']} s; serving: {replicas}",
+            highlight=False,
+            markup=False,
+        )
+    elif done.reloaded:
         out.print("  Triton reloaded the model")

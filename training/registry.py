@@ -11,7 +11,8 @@
   on first use and deleted, and versions published but never registered (a fresh clone) are
   registered from their cards.
 * :func:`deploy` materialises an alias's version from the registry: its files are copied into the
-  repository if missing and the served configs are pinned to it. Promoting or rolling back
+  repository if missing and the served configs are pinned to it; one Triton reloads it, several
+  replicas take it one at a time (:mod:`prodseg.rollout`). Promoting or rolling back
   ``production`` takes the same path. Pinning rewrites ``version_policy`` to
   ``specific { versions: [N] }`` in ``config.pbtxt`` and every ``configs/*.pbtxt``; the rewrite
   replaces only that field's text, so the files' comments stay, and each new file is parsed with
@@ -27,14 +28,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from clients.atomic import write_text
 from clients.contract import OUTPUTS, ModelContract
 from clients.repository import versions as published_versions
+from clients.triton_admin import TritonAdmin
+from prodseg.rollout import RolloutError, replicas_from, rollout
 from training.mlflow_registry import ALIASES_FILE, ModelEntry, RegistryError, SyncReport, model_lock
 
 SERVED_ALIAS = "production"  # the alias the served configs' version_policy follows
@@ -224,6 +229,11 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{parity.get('onnxruntime')} / {parity.get('served')}",
         ),
         ("data version", str((card.get("data_version") or {}).get("id"))),
+        *[
+            (f"{kind} data version", str((card.get("data_version") or {})[f"{kind}_version"]))
+            for kind in ("base", "feedback")
+            if (card.get("data_version") or {}).get(f"{kind}_version")
+        ],
         ("code commit", _commit_text(card.get("code_commit"))),
         ("created", str(card.get("created"))),
     ]
@@ -257,7 +267,8 @@ class Deployment:
     version: int  # the version the alias points to, now served
     materialised: bool  # its files were copied into the repository from MLflow
     configs: list[str]  # config files pinned to it
-    reloaded: bool  # a running Triton was told to reload
+    reloaded: bool  # a running Triton was told to reload, or the replicas were rolled over to it
+    rollout: dict[str, Any] | None = None  # several replicas: prodseg.rollout's report, step by step
 
 
 def sync(repository: Path, model_name: str) -> SyncReport:
@@ -323,7 +334,7 @@ def promote(
         entry.sync()
         target = entry.resolve(version)
         previous, configs, materialised = _move_alias(entry, alias, target, "promote")
-    reloaded = _reload(triton_url, model_name, configs)
+    reloaded = _reload_triton(triton_url, model_name, configs)
     return AliasChange(alias, previous, target, configs, reloaded, materialised)
 
 
@@ -336,15 +347,32 @@ def rollback(
         entry.sync()
         _, target = entry.rollback_target(alias)
         previous, configs, materialised = _move_alias(entry, alias, target, "rollback")
-    reloaded = _reload(triton_url, model_name, configs)
+    reloaded = _reload_triton(triton_url, model_name, configs)
     return AliasChange(alias, previous, target, configs, reloaded, materialised)
 
 
 def deploy(
-    repository: Path, model_name: str, alias: str = SERVED_ALIAS, triton_url: str | None = None
+    repository: Path,
+    model_name: str,
+    alias: str = SERVED_ALIAS,
+    triton_url: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> Deployment:
     """Serve ``alias``'s version from ``repository``: resolve it in MLflow, copy its files in if they
-    are missing, pin the served configs to it, and ask Triton at ``triton_url`` to reload."""
+    are missing, pin the served configs to it, and make Triton serve it.
+
+    ``triton_url`` is one Triton's HTTP address (``host:port``), reloaded at once, or several, comma
+    separated: replicas that load from ``repository``. Those are rolled over one at a time by
+    :func:`prodseg.rollout.rollout` (load the version beside the old one, wait until it is ready,
+    switch, drain the old one), so no request fails; ``log`` hears each step. A rollout that cannot
+    start (a replica down) raises :class:`RegistryError` before any config changes; one that fails
+    midway puts every replica back on its old version and raises
+    :class:`prodseg.rollout.RolloutFailed`, whose report says what each replica serves.
+    """
+    try:
+        replicas = replicas_from(triton_url, None, Path(repository)) if triton_url else []
+    except RolloutError as error:
+        raise RegistryError(str(error)) from None
     entry = ModelEntry(Path(repository), model_name)
     with model_lock(entry.model_dir):
         entry.sync()
@@ -353,9 +381,21 @@ def deploy(
             raise RegistryError(
                 f"alias {alias!r} of {model_name} points nowhere: MLflow ({entry.uri}) has no such alias"
             )
-        materialised, pinned = _prepare_serving(entry, version)
-        configs = _write_configs(entry.model_dir, pinned)
-    return Deployment(alias, version, materialised, configs, _reload(triton_url, model_name, configs))
+        materialised, pinned = _prepare_serving(entry, version)  # checked before any replica moves
+        if len(replicas) <= 1:
+            configs = _write_configs(entry.model_dir, pinned)
+    if len(replicas) <= 1:
+        reloaded = _reload_triton(replicas[0].http_url if replicas else None, model_name, configs)
+        return Deployment(alias, version, materialised, configs, reloaded)
+    try:
+        report = rollout(model_name, version, replicas, log=log)
+    except RolloutError as error:
+        raise RegistryError(f"cannot roll {model_name} version {version} out: {error}") from None
+    with model_lock(entry.model_dir):
+        # The rollout left every config serving [version]; pinning again also covers a fleet that
+        # already served it (no step, so the rollout wrote no config).
+        configs = _write_configs(entry.model_dir, _pinned_configs(entry.model_dir, version))
+    return Deployment(alias, version, materialised, configs, True, report.to_dict())
 
 
 def _move_alias(
@@ -423,16 +463,15 @@ def pin_version(text: str, version: int, source: Path | str = "config") -> str:
     return new_text
 
 
-def _reload(triton_url: str | None, model_name: str, configs: list[str]) -> bool:
-    """Ask a running Triton (explicit model control) to reload the model with its new config."""
+def _reload_triton(triton_url: str | None, model_name: str, configs: list[str]) -> bool:
+    """Ask a running Triton (explicit model control) to reload the model with its new config, through
+    the platform's one admin client; its failures become the registry's error."""
     if not triton_url or not configs:
         return False
-    import tritonclient.http as triton_http
-    from tritonclient.utils import InferenceServerException
-
     try:
-        triton_http.InferenceServerClient(triton_url).load_model(model_name)
-    except (InferenceServerException, OSError) as error:
+        with TritonAdmin(triton_url) as admin:
+            admin.load(model_name)
+    except (httpx.HTTPError, RuntimeError) as error:
         raise RegistryError(
             f"configs updated, but Triton at {triton_url} did not reload {model_name}: {error}"
         ) from None

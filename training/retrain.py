@@ -12,12 +12,14 @@
 4. Train on the config's base data plus feedback-train. Feedback examples are repeated until they are
    about as many as the base training images (at most :data:`MAX_REPEAT` times): a few dozen
    corrections would otherwise be drowned by hundreds of base images.
-   Warm start: production's trained weights, when its run directory still holds the checkpoint and
-   the config builds the same network, go in through the config's ``model.encoder_weights``
-   (segmentation: production's encoder, a new decoder and head; classification: the whole
-   network; detection trains from random init). Fine-tuning is the default because corrections
-   are few: it keeps what production learnt and needs fewer steps. Without a checkpoint (a version
-   trained elsewhere) the run trains from scratch on the same data, and says so.
+   Warm start: production's whole trained network (encoder, decoder and head, every task) is the
+   run's ``initial_weights`` (:func:`training.train.train`), so training begins at production's
+   accuracy (``initial_val_score`` in the log). The weights are the version's ``weights.pt``, kept
+   beside its ``model.onnx`` when it was published (and in MLflow with its files), else the
+   checkpoint of the run that trained it when that run directory is on this machine. Fine-tuning is
+   the default because corrections are few: it keeps what production learnt and needs fewer steps.
+   Without weights (a version published before weights were kept, trained elsewhere) or when the
+   config builds another network, the run trains from scratch on the same data, and says so.
 5. The pipeline's own stages export, check parity and evaluate on the base test split, gated
    against production re-scored on it (``gate.max_regression``); then candidate AND production are
    scored on the feedback hold-out, and the candidate must beat production there. Both checks go
@@ -141,7 +143,7 @@ def retrain(
         raise
 
     # 3-4. Warm start, data, training.
-    config, warm_start = _warm_start(config, repository, model, run)
+    initial_weights, warm_start = _warm_start(config, contract, repository, model)
     adapter = config.adapter
     feedback_train = _feedback_split(config, contract, checkout, train_ids, run.root / "feedback-train")
     feedback_holdout = _feedback_split(config, contract, checkout, holdout_ids, run.root / "feedback-holdout")
@@ -169,7 +171,9 @@ def retrain(
         write_json_atomically(run.data_json, {**data_json, "feedback": feedback})
         tracker.log_metrics({f"feedback/{k}": v for k, v in feedback.items() if isinstance(v, int)})
 
-        trained = train_stage(config, run, contract, splits, tracker, progress)
+        trained = train_stage(
+            config, run, contract, splits, tracker, progress, initial_weights=initial_weights
+        )
         export_stage(config, run, contract, splits, trained.model, tracker)
         # 5. The base test split, gated against production by the pipeline; then the hold-out.
         evaluation, decision = evaluate_stage(config, run, contract, splits, tracker)
@@ -197,7 +201,12 @@ def retrain(
             "feedback": feedback,
             "data_version": json.loads(run.data_json.read_text())["lineage"]["data_version"]["id"],
             "warm_start": warm_start,
-            "train": {"steps": trained.summary.steps, "train_images": trained.summary.train_images},
+            "train": {
+                "steps": trained.summary.steps,
+                "train_images": trained.summary.train_images,
+                "initial_val_score": trained.summary.initial_val_score,  # production's, when warm
+                "val_score": trained.summary.val_score,
+            },
             "gate": {
                 "passed": gate["passed"],
                 "metric": adapter.headline,
@@ -290,13 +299,16 @@ class Concatenated:
 
 def _write_lineage(config: PipelineConfig, run: RunDir, checkout: Path) -> None:
     """data.json's lineage before the pipeline's prepare_data runs (it keeps an existing one): the
-    base data and the feedback version the checkout holds, recognised by content."""
+    base data (its base data version when one is tracked) and the feedback version the checkout
+    holds, recognised by content."""
     base = record_lineage(config)
     feedback = data_lineage("feedback", [checkout])
     data_version = {
         "id": f"{base['data_version']['id']} + {feedback['id']}",
         "kind": f"{base['data_version']['kind']}+feedback",
         "sources": base["data_version"]["sources"] + feedback["sources"],
+        "base_version": base["data_version"]["base_version"],
+        "feedback_version": feedback["feedback_version"],
     }
     write_json_atomically(run.data_json, {"lineage": {**base, "data_version": data_version}})
 
@@ -320,42 +332,44 @@ def _latest_version(repository: Path, model: str) -> tuple[int, float] | None:
 
 
 def _warm_start(
-    config: PipelineConfig, repository: Path, model: str, run: RunDir
-) -> tuple[PipelineConfig, dict[str, Any]]:
-    """The config with production's trained weights as ``model.encoder_weights``, when they can be had.
+    config: PipelineConfig, contract: Any, repository: Path, model: str
+) -> tuple[Path | None, dict[str, Any]]:
+    """Production's trained network as the run's initial weights, when it can be had and the config
+    builds the same network: (weights file or None, what the log says about it)."""
+    from training.train import CheckpointError, read_weights
 
-    The weights are the ``checkpoints/last.pt`` of the run that trained production: its MLflow run
-    (named on the model card) records the run directory. A checkpoint that is gone (trained on
-    another machine) or built another network means training from scratch, and the log says why.
-    """
     found = registry.baseline(repository, config.gate.baseline, model)
     if found is None:
-        return config, {"from": None, "reason": "no published version: trained from scratch"}
+        return None, {"from": None, "reason": "no published version: trained from scratch"}
     version = found[0]
     try:
-        checkpoint = _checkpoint_of(registry.read_card(repository, version, model))
-        from training.train import CheckpointError, read_checkpoint
-
-        state = read_checkpoint(checkpoint)
+        weights = _weights_of(repository, model, version)
+        state = read_weights(weights)
     except (LookupError, OSError, CheckpointError) as error:
-        return config, {"from": None, "reason": f"version {version}'s weights: {error}; trained from scratch"}
+        return None, {"from": None, "reason": f"version {version}'s weights: {error}; trained from scratch"}
     wanted = {**config.to_dict()["model"], "encoder_weights": None}
-    if {**state["model_spec"], "encoder_weights": None} != wanted:
+    built = {**state.get("model_spec", {}), "encoder_weights": None}
+    if built != wanted or state.get("num_classes") != contract.num_classes:
         reason = (
-            f"version {version} is {state['model_spec']}, the config builds {wanted}; trained from scratch"
+            f"version {version} is {built} with {state.get('num_classes')} classes, the config builds "
+            f"{wanted} with {contract.num_classes}; trained from scratch"
         )
-        return config, {"from": None, "reason": reason}
-    import torch
+        return None, {"from": None, "reason": reason}
+    return weights, {"from": version, "weights": str(weights)}
 
-    weights = run.root / "warm_start.pt"
-    torch.save(state["model"], weights)
-    warmed = dataclasses.replace(config, model=dataclasses.replace(config.model, encoder_weights=weights))
+
+def _weights_of(repository: Path, model: str, version: int) -> Path:
+    """A published version's torch weights: the ``weights.pt`` kept with it, else the checkpoint of
+    the run that trained it (versions published before weights were kept)."""
+    from training.train import WEIGHTS_FILE
+
+    kept = repository / model / str(version) / WEIGHTS_FILE
+    if kept.is_file():
+        return kept
     try:
-        config.adapter.check_config(warmed)  # detection refuses encoder weights: it trains from random init
-    except ValueError as error:
-        weights.unlink()
-        return config, {"from": None, "reason": f"{error}; trained from scratch"}
-    return warmed, {"from": version, "checkpoint": str(checkpoint), "weights": str(weights)}
+        return _checkpoint_of(registry.read_card(repository, version, model))
+    except (LookupError, registry.RegistryError) as error:
+        raise LookupError(f"no {WEIGHTS_FILE} in {kept.parent}, and {error}") from None
 
 
 def _checkpoint_of(card: dict[str, Any]) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = 2  # 2: the task is stored, and models are rebuilt by its adapter
 CALIBRATION_STEPS = 10  # steps timed before a time budget sizes the schedule
+WEIGHTS_FILE = "weights.pt"  # a published version's trained network, kept beside model.onnx
+WEIGHTS_FORMAT = 1  # weights.pt: the network's state dict and what built it, no optimiser state
+
+# The initial weights of a run: a file (training checkpoint, weights.pt or a bare state dict) or a
+# state dict in memory.
+InitialWeights = Path | Mapping[str, torch.Tensor]
 
 
 class CheckpointError(ValueError):
@@ -75,6 +81,65 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> int:
         raise CheckpointError(f"{path}: none of its {len(state)} tensors belongs to this encoder")
     model.encoder.load_state_dict(matched, strict=False)
     return len(matched)
+
+
+def save_weights(checkpoint: Path, path: Path) -> None:
+    """Keep the trained network of ``checkpoint`` in ``path`` (:data:`WEIGHTS_FILE`), without the
+    optimiser and RNG state that only resuming needs: about the size of the ONNX graph."""
+    state = read_checkpoint(checkpoint)
+    weights = {key: state[key] for key in ("task", "model_spec", "num_classes", "model")}
+    with atomic_path(Path(path)) as partial:
+        torch.save({"weights_format": WEIGHTS_FORMAT, **weights}, partial)
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """A network's weights from a training checkpoint, a published ``weights.pt`` or a bare state dict.
+
+    Returns ``{"model": state dict}`` plus, when the file says, ``task``, ``model_spec`` and
+    ``num_classes`` (what built the network).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not torch, or unsafe pickles: all mean "not weights"
+        raise CheckpointError(f"{path}: not a readable weights file: {error}") from None
+    if isinstance(state, dict) and (
+        state.get("format") == CHECKPOINT_FORMAT or state.get("weights_format") == WEIGHTS_FORMAT
+    ):
+        return {key: state[key] for key in ("task", "model_spec", "num_classes", "model")}
+    if isinstance(state, dict) and state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        return {"model": state}
+    raise CheckpointError(f"{path}: neither a training checkpoint, a {WEIGHTS_FILE} nor a state dict")
+
+
+def load_initial_weights(model: torch.nn.Module, weights: InitialWeights) -> None:
+    """Load a whole network's weights into ``model``, strictly: every tensor, by name and shape.
+
+    A :class:`CheckpointError` names the file (or "the initial weights") and the tensors that do not
+    fit: missing, unexpected, or of another shape. Nothing is loaded then.
+    """
+    if isinstance(weights, Mapping):
+        where, state = "the initial weights", weights
+    else:
+        where, state = str(weights), read_weights(Path(weights))["model"]
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    reshaped = [
+        f"{key} {list(state[key].shape)} (this network: {list(own[key].shape)})"
+        for key in sorted(own.keys() & state.keys())
+        if own[key].shape != state[key].shape
+    ]
+    problems = [
+        f"{len(names)} {kind}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+        for kind, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+        if names
+    ]
+    if problems:
+        raise CheckpointError(f"{where}: not the weights of this network ({'; '.join(problems)})")
+    model.load_state_dict(state, strict=True)
 
 
 # ---------------------------------------------------------------------------------------- schedule
@@ -122,6 +187,9 @@ class TrainSummary:
     device: str
     stopped_by: str  # "steps" or "time_budget"
     resumed_from_step: int | None
+    # The headline metric on the validation split before the first step, when the run started from
+    # initial weights (a warm start): where fine-tuning began.
+    initial_val_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -142,11 +210,15 @@ def train(
     resume: Path | None = None,
     tracker: Tracker | None = None,
     progress: Any = None,
+    initial_weights: InitialWeights | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``train_set``; validate every ``eval_every`` steps on ``val_set``.
 
     ``checkpoint`` is where resumable checkpoints go (every ``checkpoint_every`` steps and at the
-    end); ``resume`` continues from one. ``progress`` is an optional ``rich.progress.Progress``; the
+    end); ``resume`` continues from one. ``initial_weights`` starts from a trained network of the
+    same architecture instead of random weights (a warm start: every tensor, encoder, decoder and
+    head, loaded strictly by :func:`load_initial_weights`); the run then validates once before its
+    first step (``initial_val_score``). ``progress`` is an optional ``rich.progress.Progress``; the
     task description carries loss and throughput, so any column layout shows them.
     """
     config.check_contract(contract)
@@ -158,7 +230,7 @@ def train(
     val = val_set if val_set is not None and len(val_set) else None
     load_s = time.perf_counter() - started
     with _fixed_threads(config.train.threads):
-        trainer = _Trainer(config, contract, adapter, data, val, tracker, progress)
+        trainer = _Trainer(config, contract, adapter, data, val, tracker, progress, initial_weights)
         if resume is not None:
             trainer.load(resume)
         return trainer.run(checkpoint, load_s)
@@ -218,6 +290,7 @@ class _Trainer:
         val: Sequence[Any] | None,
         tracker: Tracker | None,
         progress: Any,
+        initial_weights: InitialWeights | None = None,
     ) -> None:
         spec = config.train
         self.config, self.contract, self.adapter, self.data, self.val = config, contract, adapter, data, val
@@ -231,6 +304,9 @@ class _Trainer:
         torch.manual_seed(spec.seed)
         self.rng = np.random.default_rng(spec.seed)
         self.net = ServingModel(_build(config, adapter, contract))  # no head: raw outputs for the loss
+        if initial_weights is not None:  # after the seeded random init, so the RNG streams stay the same
+            load_initial_weights(self.net.model, initial_weights)
+        self.warm_start = initial_weights is not None
         self.net = self.net.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
@@ -245,6 +321,7 @@ class _Trainer:
         self.train_s = self.eval_s = 0.0
         self.calibrated = spec.time_budget_s is None
         self.val_score: float | None = None
+        self.initial_val_score: float | None = None
         self.resumed_from: int | None = None
 
     # -- checkpoints
@@ -281,6 +358,7 @@ class _Trainer:
             "eval_s": self.eval_s,
             "calibrated": self.calibrated,
             "val_score": self.val_score,
+            "initial_val_score": self.initial_val_score,
         }
         with atomic_path(path) as partial:
             torch.save(state, partial)
@@ -301,6 +379,7 @@ class _Trainer:
         self.step = self.resumed_from = state["step"]
         self.ema_loss, self.train_s, self.eval_s = state["ema_loss"], state["train_s"], state["eval_s"]
         self.calibrated, self.val_score = state["calibrated"], state["val_score"]
+        self.initial_val_score = state.get("initial_val_score")  # absent in checkpoints of older runs
 
     # -- the loop
 
@@ -311,6 +390,11 @@ class _Trainer:
             task = self.progress.add_task("train", total=self.planned, completed=self.step)
         session_start, session_steps = self.train_s, 0
         stopped_by = "steps"
+        if self.warm_start and self.step == 0 and self.val is not None:
+            scored = self._validate()  # where the warm start begins, before any step moves it
+            self.initial_val_score = scored.metrics()[self.adapter.headline]
+            if self.tracker is not None:
+                self.tracker.log_metrics(scored.metrics("val"), step=0)
         while self.step < self.schedule_fn.total:
             started = time.perf_counter()
             loss = self._train_step()
@@ -360,6 +444,7 @@ class _Trainer:
             device=str(self.device),
             stopped_by=stopped_by,
             resumed_from_step=self.resumed_from,
+            initial_val_score=self.initial_val_score,
         )
         return TrainResult(model, summary)
 
@@ -395,22 +480,28 @@ class _Trainer:
             "train/epoch": self.step / self.steps_per_epoch,
         }
         if self.val is not None:
-            started = time.perf_counter()
-            serving = ServingModel(self.net.model, self.adapter.serving_head(self.contract)).to(self.device)
-            predict = torch_predictor(serving, self.contract.output_names)  # restores train mode after
-            scored = self.adapter.evaluate(
-                predict,
-                self.val,
-                self.contract,
-                "pytorch",
-                worst_k=0,
-                batch_size=self.config.evaluate.batch_size,
-            )
-            self.eval_s += time.perf_counter() - started
+            scored = self._validate()
             metrics |= scored.metrics("val")
             self.val_score = scored.metrics()[self.adapter.headline]
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.step)
+
+    def _validate(self) -> Any:
+        """The task's evaluation of the current weights on the validation split (PyTorch, no worst-k)."""
+        assert self.val is not None
+        started = time.perf_counter()
+        serving = ServingModel(self.net.model, self.adapter.serving_head(self.contract)).to(self.device)
+        predict = torch_predictor(serving, self.contract.output_names)  # restores train mode after
+        scored = self.adapter.evaluate(
+            predict,
+            self.val,
+            self.contract,
+            "pytorch",
+            worst_k=0,
+            batch_size=self.config.evaluate.batch_size,
+        )
+        self.eval_s += time.perf_counter() - started
+        return scored
 
 
 def _float(outputs: Any) -> Any:

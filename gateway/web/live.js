@@ -1,9 +1,11 @@
 // Live camera: getUserMedia -> JPEG -> WebSocket /v1/models/{m}/live -> annotation drawn over the
 // frame it belongs to. One frame in flight: the next is captured only when the answer came back, so
-// a slow server means fewer frames, never a queue of stale ones.
+// a slow server means fewer frames, never a queue of stale ones. Frames are encoded at the model's
+// input size, so the gateway forwards the JPEG to Triton as it is (clients/wire.py); the camera is
+// shown at its own size and the answer, in the model's pixels, is scaled onto it.
 
 import { apiKey } from "./api.js";
-import { classIdsFromRuns, drawBoxes, drawLabel, drawMask } from "./draw.js";
+import { classIdsFromRuns, drawBoxes, drawLabel, hexToRgb } from "./draw.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_WIDTH = 640;
@@ -45,7 +47,10 @@ async function startSession(state, model) {
   const display = $("live-canvas");
   display.width = width;
   display.height = height;
-  const grab = new OffscreenCanvas(width, height);
+  const shown = new OffscreenCanvas(width, height); // the frame as shown, kept until its answer
+  const shownContext = shown.getContext("2d");
+  const input = model.input_size;
+  const grab = new OffscreenCanvas(input.width, input.height); // the same frame at the model's size
   const grabContext = grab.getContext("2d");
   const context = display.getContext("2d", { willReadFrequently: true });
 
@@ -59,9 +64,9 @@ async function startSession(state, model) {
 
   const sendFrame = async () => {
     if (!running || socket.readyState !== WebSocket.OPEN) return;
-    grabContext.drawImage(video, 0, 0, width, height);
-    sentFrame = grab.transferToImageBitmap();
-    grabContext.drawImage(sentFrame, 0, 0);
+    shownContext.drawImage(video, 0, 0, width, height);
+    sentFrame = shown.transferToImageBitmap();
+    grabContext.drawImage(sentFrame, 0, 0, input.width, input.height);
     const blob = await grab.convertToBlob({ type: "image/jpeg", quality: 0.8 });
     sentAt = performance.now();
     socket.send(await blob.arrayBuffer());
@@ -96,16 +101,40 @@ async function startSession(state, model) {
   };
 }
 
+// The answer is in the pixels of the frame sent (the model's input size): scaled onto the shown one.
 function draw(context, frame, answer, model) {
+  const { width, height } = context.canvas;
+  const [sx, sy] = [width / answer.width, height / answer.height];
   context.drawImage(frame, 0, 0);
   if (answer.task === "segmentation") {
     const ids = classIdsFromRuns(answer.mask_rle, answer.width * answer.height);
-    drawMask(context, ids, answer.width, answer.height, model.labels);
+    context.imageSmoothingEnabled = false; // class edges stay sharp when scaled
+    context.drawImage(maskLayer(ids, answer.width, answer.height, model.labels), 0, 0, width, height);
   } else if (answer.task === "detection") {
-    drawBoxes(context, answer.detections, model.labels);
+    const scaled = answer.detections.map((d) => ({ ...d, box: d.box.map((v, i) => v * (i % 2 ? sy : sx)) }));
+    drawBoxes(context, scaled, model.labels);
   } else {
-    drawLabel(context, answer, answer.width);
+    drawLabel(context, answer, width);
   }
+}
+
+// Class colours at half opacity over a transparent background (class 0): drawn over the frame, the
+// same blend as draw.js's drawMask, at any scale.
+function maskLayer(ids, width, height, labels, alpha = 0.5) {
+  const colours = labels.map((label) => hexToRgb(label.color));
+  const image = new ImageData(width, height);
+  const opacity = Math.round(alpha * 255);
+  for (let i = 0; i < ids.length; i++) {
+    const colour = ids[i] === 0 ? null : colours[ids[i]];
+    if (!colour) continue;
+    image.data[i * 4] = colour[0];
+    image.data[i * 4 + 1] = colour[1];
+    image.data[i * 4 + 2] = colour[2];
+    image.data[i * 4 + 3] = opacity;
+  }
+  const layer = new OffscreenCanvas(width, height);
+  layer.getContext("2d").putImageData(image, 0, 0);
+  return layer;
 }
 
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];

@@ -12,7 +12,11 @@ from clients.contract import ContractError, ModelContract, Task, default_reposit
 from clients.repository import discover, served_versions, versions
 
 REPOSITORY = default_repository()
-MODEL_DIRS = sorted(p for p in REPOSITORY.iterdir() if (p / "config.pbtxt").is_file())
+# Model folders; the JPEG wire's companions (clients/wire.py) have configs too but are not models.
+COMPANIONS = discover(REPOSITORY).companions
+MODEL_DIRS = sorted(
+    p for p in REPOSITORY.iterdir() if (p / "config.pbtxt").is_file() and p.name not in COMPANIONS
+)
 
 HEAD = 'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
 INPUT = 'input [ { name: "images" data_type: TYPE_UINT8 dims: [ 64, 96, 3 ] } ]\n'

@@ -64,3 +64,44 @@ def test_should_stop_ends_the_stream_after_frames_in_flight():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="fps > 0"):
         CameraStream(simulated_server(0), FRAMES, fps=0)
+
+
+def test_with_temporal_reuse_only_keyframes_are_requests_and_every_frame_is_answered():
+    from clients.results import Segmentation
+    from clients.temporal import ReuseMode, ReuseSettings
+    from datagen.shelves import render_pan_frames
+    from loadtest.camera import CameraReuse, Reply
+
+    views = [scene.image for scene in render_pan_frames(3, 30, 96, 160, pixels_per_frame=1.5)]
+    requests = []
+
+    def infer(frame):
+        requests.append(frame)
+        gevent.sleep(0.01)
+        return Reply(100, 10, Segmentation(np.zeros((96, 160), np.uint8)))
+
+    reuse = CameraReuse(ReuseSettings(ReuseMode.AUTO, max_interval=5), views)
+    counters = CameraStream(infer, views, fps=30, window=1, reuse=reuse).run(duration_s=1.0)
+    assert counters.dropped == 0 and counters.failed == 0
+    assert counters.completed == counters.sent + counters.propagated
+    # A slow pan: at most max_interval frames per keyframe, and far fewer requests than frames.
+    assert counters.completed / 5 <= counters.sent <= counters.completed / 2
+    assert counters.bytes_sent == 100 * counters.sent
+
+
+def test_frames_carried_from_a_failed_keyframe_fail_and_the_next_frame_is_a_keyframe():
+    from clients.temporal import ReuseMode, ReuseSettings
+    from datagen.shelves import render_pan_frames
+    from loadtest.camera import CameraReuse
+
+    views = [scene.image for scene in render_pan_frames(3, 30, 96, 160, pixels_per_frame=1.5)]
+
+    def infer(frame):
+        gevent.sleep(0.05)
+        raise RuntimeError("server error")
+
+    reuse = CameraReuse(ReuseSettings(ReuseMode.AUTO, max_interval=8), views)
+    counters = CameraStream(infer, views, fps=30, window=1, reuse=reuse).run(duration_s=0.6)
+    assert counters.completed == 0
+    assert counters.failed > counters.sent  # the frames waiting on a failed keyframe failed with it
+    assert counters.sent >= 2  # after each failed keyframe a new one was sent

@@ -1,6 +1,7 @@
 """``prodseg rollout``: the version sequence each replica goes through, the config edits, bad input,
-and, on two real Triton servers, a rollout under continuous traffic that fails no request and a failed
-rollout that leaves every replica on the old version."""
+and, on two real Triton servers, a rollout under continuous traffic that fails no request, a failed
+rollout that leaves every replica on the old version, and ``prodseg deploy`` of the registry's
+production version to two replicas, rolled over the same way."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from clients.contract import ModelContract, default_repository, read_model_config
 from clients.repository import served_versions, versions
+from clients.triton_admin import TritonAdmin
 from clients.triton_client import InferenceError, TritonModelClient
 from loadtest.rollout import scratch_repository
 from prodseg.cli import app
@@ -24,15 +26,19 @@ from prodseg.processes import stop_process_groups
 from prodseg.rollout import (
     Replica,
     RolloutError,
-    TritonAdmin,
     model_configs,
     replicas_from,
     swap_steps,
     write_served_versions,
 )
 from prodseg.triton_server import TritonServer
+from tests.training import mlflow_helpers
 
 MODEL = "shelf_segmenter"
+
+# A scratch MLflow store (the registry of record) for the deploy test, never out/mlflow.db.
+empty_mlflow_store = mlflow_helpers.empty_mlflow_store
+mlflow_uri = mlflow_helpers.mlflow_uri
 
 
 def said(result) -> str:
@@ -238,3 +244,54 @@ def test_a_failed_rollout_puts_every_replica_back_on_the_old_version(tmp_path):
     for repository in repositories:
         for config in model_configs(repository / MODEL):
             assert served_versions(read_model_config(config), [old, new]) == [old]
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_deploy_to_two_replicas_rolls_them_over_one_at_a_time_and_fails_no_request(tmp_path, mlflow_uri):
+    """The registry says production is the new version; `prodseg deploy --triton r1,r2` makes both
+    replicas serve it, one at a time, while frames keep flowing."""
+    pytest.importorskip("mlflow")  # the registry of record (training extra)
+    from mlflow.tracking import MlflowClient
+
+    from training import registry
+
+    repository = tmp_path / "repository"  # shared by both replicas
+    old, new = scratch_repository(repository, MODEL)
+    registry.promote(repository, MODEL, old)  # registers the versions; production is the old one
+    # Production moves in MLflow (its UI, or a promote on another machine): the fleet does not follow yet.
+    MlflowClient(mlflow_uri, registry_uri=mlflow_uri).set_registered_model_alias(
+        MODEL, "production", str(new)
+    )
+    servers = start_replicas(tmp_path, [repository, repository])
+    sender = FrameSender(",".join(server.grpc_url for server in servers))
+    triton = ",".join(server.http_url for server in servers)
+    command = ["deploy", "--model", MODEL, "--alias", "production", "--repository", str(repository)]
+    try:
+        sender.start()
+        deadline = time.monotonic() + 60
+        while len(sender.answered) < 10 and sender.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)  # traffic flows before the deploy
+        assert set(sender.answered) == {str(old)}
+        answered_before = len(sender.answered)
+        result = CliRunner().invoke(app, [*command, "--triton", triton])
+        answered_until_done = len(sender.answered)
+        time.sleep(1.0)  # and keeps flowing after it
+        serving = [TritonAdmin(server.http_url).ready_versions(MODEL) for server in servers]
+    finally:
+        sender.stop.set()
+        sender.join(timeout=30)
+        stop_process_groups([server.process for server in servers], 10)
+
+    assert result.exit_code == 0, result.output
+    assert sender.errors == []
+    assert answered_until_done > answered_before and len(sender.answered) > answered_until_done
+    assert sender.answered[-1] == str(new)
+    assert serving == [[new], [new]]
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["serving"] == {s.http_url: [new] for s in servers}
+    steps = [(entry["replica"], entry["versions"]) for entry in report["timeline"]]
+    assert steps == [(s.http_url, v) for s in servers for v in ([old, new], [new])]  # one replica at a time
+    assert f"production is version {new}" in said(result) and "rolled out replica by replica" in said(result)
+    for config in model_configs(repository / MODEL):
+        assert served_versions(read_model_config(config), [old, new]) == [new]

@@ -22,9 +22,14 @@ from clients.contract import ModelContract
 from clients.masks import encode_mask_png
 from gateway.feedback import FeedbackStore
 from prodseg.cli import app
+from tests.training import mlflow_helpers
 from training.data_versions import PROJECT_ROOT, DataWorkspace, code_commit, data_lineage
 
 pytest.importorskip("dvc")  # the training extra
+
+# A scratch MLflow store per test that needs one (tests/training/mlflow_helpers.py).
+empty_mlflow_store = mlflow_helpers.empty_mlflow_store
+mlflow_uri = mlflow_helpers.mlflow_uri
 
 CRACKS = "crack_segmenter"
 
@@ -291,3 +296,176 @@ def test_a_run_on_a_feedback_version_names_it_and_the_commit_in_mlflow_and_the_c
     assert card["data_version"]["id"] == f"feedback/{MODEL}/v1" and card["code_commit"]["commit"] == head
     markdown = registry.card_markdown({**card, "version": 1})
     assert f"| data version | feedback/{MODEL}/v1 |" in markdown and f"| code commit | {head}" in markdown
+
+
+# --- base training sets -------------------------------------------------------------------------
+
+
+def test_a_base_set_is_tracked_beside_the_feedback_and_either_kind_is_restored(
+    tmp_path: Path, cracks: ModelContract, feedback_root: Path, cli: Any
+) -> None:
+    from datagen.cracks import write_crack_folder
+
+    add_feedback(FeedbackStore(feedback_root), cracks, 2, seed=0)
+    assert cli("data", "snapshot", "--model", CRACKS).stdout.strip() == f"feedback/{CRACKS}/v1"
+    base = tmp_path / "crack-base"
+    write_crack_folder(base, count=3, seed=0, height=32, width=32)
+    at_v1 = files_of(base)
+
+    done = cli("data", "track", "--model", CRACKS, str(base), "--message", "first base set")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == f"base/{CRACKS}/v1" and "3 images, 6 files" in done.stderr
+    again = cli("data", "track", "--model", CRACKS, str(base))
+    assert again.exit_code == 0 and "nothing new since" in again.stderr
+
+    write_crack_folder(base, count=4, seed=0, height=32, width=32)  # one more image: a new version
+    assert cli("data", "track", "--model", CRACKS, str(base)).stdout.strip() == f"base/{CRACKS}/v2"
+
+    listed = json.loads(cli("data", "versions", "--model", CRACKS, "--json").stdout)
+    assert [(v["id"], v["entries"], v["pushed"]) for v in listed] == [
+        (f"base/{CRACKS}/v1", 3, True),
+        (f"base/{CRACKS}/v2", 4, True),
+        (f"feedback/{CRACKS}/v1", 2, True),
+    ]
+    assert listed[0]["source"] == str(base.resolve()) and listed[0]["message"] == "first base set"
+    table = cli("data", "versions", "--model", CRACKS)
+    assert f"base/{CRACKS}/v2" in table.output and f"feedback/{CRACKS}/v1" in table.output
+
+    # Either kind comes back, the base set from the remote alone too.
+    shutil.rmtree(tmp_path / "workspace" / ".dvc" / "cache")
+    restored = cli(
+        "data", "checkout", "--model", CRACKS, "--version", "base/v1", "--out", str(tmp_path / "b1")
+    )
+    assert restored.exit_code == 0, restored.output
+    assert files_of(tmp_path / "b1") == at_v1
+    restored = cli("data", "checkout", "--model", CRACKS, "--version", "1", "--out", str(tmp_path / "f1"))
+    assert restored.exit_code == 0 and (tmp_path / "f1" / "index.jsonl").is_file()
+    assert cli("data", "checkout", "--model", CRACKS, "--version", "base/v3").exit_code == 2
+
+    # A run on the base folder names its base version; one on the restored v1, v1.
+    workspace = DataWorkspace(tmp_path / "workspace")
+    lineage = data_lineage("folder", [base], workspace=workspace)
+    assert (lineage["id"], lineage["base_version"], lineage["feedback_version"]) == (
+        f"base/{CRACKS}/v2",
+        f"base/{CRACKS}/v2",
+        None,
+    )
+    assert (
+        data_lineage("folder", [tmp_path / "b1"], workspace=workspace)["base_version"] == f"base/{CRACKS}/v1"
+    )
+
+
+def test_tracking_a_missing_path_exits_2_naming_it_and_an_unreachable_remote_keeps_the_version(
+    tmp_path: Path, cli: Any
+) -> None:
+    from datagen.cracks import write_crack_folder
+
+    missing = tmp_path / "no-such-set"
+    done = cli("data", "track", "--model", CRACKS, str(missing))
+    assert done.exit_code == 2 and str(missing) in " ".join(done.stderr.split())
+    assert "does not exist" in done.stderr and "Traceback" not in done.output
+    assert cli("data", "track", str(missing)).exit_code == 2  # no --model
+    assert cli("data", "track", "--model", CRACKS).exit_code == 2  # neither PATH nor --config
+
+    base = tmp_path / "crack-base"
+    write_crack_folder(base, count=2, seed=0, height=32, width=32)
+    (tmp_path / "unmounted").write_text("a file where the remote's folder should be")
+    unreachable = tmp_path / "unmounted" / "remote"
+    done = cli("data", "track", "--model", CRACKS, str(base), "--remote", str(unreachable))
+    assert done.exit_code == 1, done.output
+    assert f"push of base/{CRACKS}/v1" in done.stderr and str(unreachable) in done.stderr
+    listed = json.loads(cli("data", "versions", "--model", CRACKS, "--json").stdout)
+    assert [(v["id"], v["pushed"]) for v in listed] == [(f"base/{CRACKS}/v1", False)]
+    restored = cli(
+        "data", "checkout", "--model", CRACKS, "--version", "base/latest", "--out", str(tmp_path / "b")
+    )
+    assert restored.exit_code == 0 and files_of(tmp_path / "b") == files_of(base)  # from the local cache
+
+    done = cli("data", "track", "--model", CRACKS, str(base), "--remote", str(tmp_path / "remote"))
+    assert done.exit_code == 0 and "nothing new" in done.stderr  # and now pushed
+    assert json.loads(cli("data", "versions", "--model", CRACKS, "--json").stdout)[0]["pushed"]
+
+
+@pytest.mark.slow  # ~40 s on 2 busy cores: DVC processes, torch and MLflow imports
+def test_a_procedural_base_set_tracked_from_its_config_is_named_with_the_feedback_in_a_retrain_run(
+    tmp_path: Path, feedback_root: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str, cli: Any
+) -> None:
+    """`prodseg data track --config` renders tiny.yaml's procedural scenes into a base version; a
+    retrain's lineage (data.json, MLflow params and tags, the model card) names it and the feedback."""
+    pytest.importorskip("torch")
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from tests.training.helpers import MODEL, make_repository
+    from training import registry
+    from training.config import CONFIG_DIR, load_config
+    from training.data_versions import config_lineage
+    from training.pipeline import RunDir, open_tracker, prepare_data
+    from training.retrain import _write_lineage
+
+    repository = make_repository(tmp_path / "repo")  # shelf_segmenter at 96x160
+    raw = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    raw |= {"publish": {"repository": str(repository)}, "tracking": {"uri": mlflow_uri}}
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PRODSEG_DATA_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("PRODSEG_DVC_REMOTE", str(tmp_path / "remote"))
+
+    done = cli("data", "track", "--config", str(config_file))
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == f"base/{MODEL}/v1"
+    assert cli("data", "track", "--config", str(config_file)).stdout.strip() == f"base/{MODEL}/v1"  # same
+    restored = tmp_path / "base-v1"
+    assert (
+        cli("data", "checkout", "--model", MODEL, "--version", "base/v1", "--out", str(restored)).exit_code
+        == 0
+    )
+    counts = {split: len(list((restored / split / "images").iterdir())) for split in ("train", "val", "test")}
+    assert counts == {"train": 4, "val": 2, "test": 2}  # tiny.yaml's sizes, rendered at 96x160
+
+    config = load_config(config_file)
+    lineage = config_lineage(config)
+    assert lineage["id"] == lineage["base_version"] == f"base/{MODEL}/v1"
+    assert lineage["sources"][0]["recipe"] == "procedural:shelves:seed=0:4/2/2"
+    other = load_config(config_file, {"data.seed": 1})  # another recipe: not that version
+    assert config_lineage(other)["base_version"] is None
+    assert config_lineage(other)["id"] == "procedural:shelves:seed=1:4/2/2"
+
+    # A retrain's lineage: the base version and the feedback version it trains on.
+    contract = config.contract()
+    add_feedback(FeedbackStore(feedback_root), contract, 4, seed=0, size=(96, 160))
+    workspace = DataWorkspace()
+    workspace.snapshot(MODEL, feedback_root)
+    _, checkout = workspace.checkout(MODEL, "1", tmp_path / "run" / "feedback")
+    run = RunDir(tmp_path / "run")
+    _write_lineage(config, run, checkout)
+    with open_tracker(config, run) as tracker:
+        prepare_data(config, run, contract, tracker)
+        run_id = tracker.run_id
+    recorded = json.loads(run.data_json.read_text())["lineage"]["data_version"]
+    assert recorded["id"] == f"base/{MODEL}/v1 + feedback/{MODEL}/v1"
+    assert (recorded["base_version"], recorded["feedback_version"]) == (
+        f"base/{MODEL}/v1",
+        f"feedback/{MODEL}/v1",
+    )
+    tracked = MlflowClient(mlflow_uri).get_run(run_id).data
+    assert tracked.params["data_version.base"] == f"base/{MODEL}/v1"
+    assert tracked.params["data_version.feedback"] == f"feedback/{MODEL}/v1"
+    assert tracked.tags["data_version"] == recorded["id"]
+
+    (tmp_path / "model.onnx").write_bytes(b"stand-in")
+    card = registry.model_card(
+        contract=contract,
+        model=config.to_dict()["model"],
+        params=1,
+        data=json.loads(run.data_json.read_text()),
+        training={},
+        evaluation={},
+        parity={},
+        onnx_path=tmp_path / "model.onnx",
+        opset=17,
+        data_version=recorded,
+    )
+    markdown = registry.card_markdown({**card, "version": 1})
+    assert f"| base data version | base/{MODEL}/v1 |" in markdown
+    assert f"| feedback data version | feedback/{MODEL}/v1 |" in markdown

@@ -287,3 +287,22 @@ def test_deploy_reports_a_triton_that_does_not_answer(repository: Path) -> None:
     with pytest.raises(RegistryError, match="configs updated, but Triton at 127.0.0.1:9 did not reload"):
         registry.deploy(repository, MODEL, "staging", triton_url="127.0.0.1:9")
     assert served_versions(repository)["config.pbtxt"] == [1]
+
+
+def test_a_deploy_to_replicas_that_cannot_be_reached_exits_2_and_changes_no_config(
+    repository: Path, prodseg: Callable[..., Any]
+) -> None:
+    for content in (b"a", b"b"):
+        publish(repository, content)
+    registry.promote(repository, MODEL, 1)
+    registry.promote(repository, MODEL, 2, alias="staging")
+    before = served_versions(repository)
+    command = ["deploy", "--model", MODEL, "--alias", "staging", "--repository", str(repository)]
+
+    done = prodseg(*command, "--triton", "127.0.0.1:9,127.0.0.1:10")  # two replicas: a rollout
+
+    assert done.exit_code == 2, done.output
+    said = " ".join(done.stderr.split())
+    assert "cannot roll shelf_segmenter version 2 out: Triton at 127.0.0.1:9 is not reachable" in said
+    assert "Traceback" not in done.output
+    assert served_versions(repository) == before  # still version 1: no replica moved, no config changed

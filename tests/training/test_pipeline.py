@@ -25,6 +25,7 @@ from tests.training.helpers import CRACKS, MODEL, make_repository, served_versio
 from training import registry  # noqa: E402
 from training.config import CONFIG_DIR, config_from_dict  # noqa: E402
 from training.pipeline import GateRefused, RunDir, publish_stage, run_pipeline, seed_repository  # noqa: E402
+from training.train import WEIGHTS_FILE, read_weights  # noqa: E402
 
 TINY = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
 
@@ -99,6 +100,8 @@ def test_full_pipeline_from_generated_boxes(
     ]
     assert card["mlflow"]["run_id"] == result.run_id
     assert served_versions(repository)["configs/cpu.pbtxt"] == [1]
+    kept = read_weights(repository / MODEL / "1" / WEIGHTS_FILE)  # the torch network, for warm starts
+    assert kept["model_spec"] == config.to_dict()["model"] and kept["task"] == "segmentation"
 
     client = MlflowClient(config.tracking.uri)
     tracked = client.get_run(result.run_id)

@@ -172,7 +172,11 @@ def test_corrections_through_the_api_retrain_a_version_that_the_running_triton_s
     assert feedback["data_version"] == f"feedback/{MODEL}/v1" and feedback["corrections"] == CORRECTIONS
     assert feedback["train"] + feedback["holdout"] == CORRECTIONS and feedback["holdout"] >= 3
     assert log["data_version"].endswith(f"feedback/{MODEL}/v1")
-    assert log["warm_start"]["from"] == 1
+    # Warm start: version 1's whole network, kept with it, so training began at its validation score.
+    kept = scratch["repository"] / MODEL / "1" / "weights.pt"
+    assert log["warm_start"] == {"from": 1, "weights": str(kept)}
+    production_val = json.loads((scratch["repository"].parent / "run-v1" / "train.json").read_text())
+    assert log["train"]["initial_val_score"] == pytest.approx(production_val["val_score"], abs=1e-6)
     holdout = gate["feedback_holdout"]
     assert holdout["production_version"] == 1 and holdout["candidate"] > holdout["production"]
     base = gate["base_test"]

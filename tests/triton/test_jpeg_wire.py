@@ -1,0 +1,225 @@
+"""The JPEG wire through the real embedded Triton: ``<model>_jpeg`` ensembles, the SDK's ``wire="jpeg"``,
+bad frames failing alone, pinned versions going raw, and the helpers staying out of the model lists."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from clients.contract import ModelContract
+from clients.repository import discover
+from clients.results import Detections
+from clients.triton_client import InferenceError, TritonModelClient
+from clients.wire import Wire, decode_jpeg, encode_jpeg, jpeg_rows, masks_from_pngs
+from prodseg.triton_server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+AGREEMENT = 0.98  # share of pixels a JPEG frame's mask shares with the raw frame's (quality 80)
+
+
+@pytest.fixture(scope="module")
+def frames(contract) -> list[np.ndarray]:
+    from datagen.shelves import render_pan_frames
+
+    return [s.image for s in render_pan_frames(5, 6, contract.height, contract.width, pixels_per_frame=40)]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_the_server_loads_the_wire_beside_the_models(triton: TritonServer):
+    wires = {name for name in triton.companions if name.endswith("_jpeg")}
+    assert wires == {f"{model}_jpeg" for model in triton.models}
+    assert {"jpeg_decoder", "mask_encoder"} <= set(triton.companions)
+    assert not set(triton.companions) & set(triton.models)  # helpers, not models
+    assert not [name for name in triton.refused if name in triton.companions]
+
+
+def test_a_jpeg_frame_gets_the_raw_frames_mask_within_jpeg_tolerance(triton, contract, frames):
+    async def both() -> tuple[list, list, TritonModelClient, TritonModelClient]:
+        async with (
+            TritonModelClient(triton.grpc_url, contract) as raw,
+            TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as jpeg,
+        ):
+            assert await jpeg.is_ready()
+            return await raw.predict_images(frames), await jpeg.predict_images(frames), raw, jpeg
+
+    raw_results, jpeg_results, raw, jpeg = run(both())
+    for by_raw, by_jpeg in zip(raw_results, jpeg_results, strict=True):
+        assert by_jpeg.prediction.mask.shape == (contract.height, contract.width)
+        assert (by_jpeg.prediction.mask == by_raw.prediction.mask).mean() >= AGREEMENT
+        assert by_jpeg.model_version == by_raw.model_version  # what the ensemble's -1 ran
+    raw_bytes = contract.height * contract.width * 3
+    assert raw.traffic.bytes_sent == len(frames) * raw_bytes  # the default stays raw pixels
+    assert jpeg.traffic.bytes_sent <= raw.traffic.bytes_sent / 10
+    assert jpeg.traffic.bytes_received <= raw.traffic.bytes_received / 20
+
+
+def test_the_wires_masks_are_the_models_masks_bit_for_bit(triton, contract, frames):
+    """The server's own decoded pixels, sent raw, give exactly the masks the wire's PNGs decode to."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        rows = jpeg_rows([encode_jpeg(frame) for frame in frames[:3]])
+
+        def infer(model: str, name: str, data: np.ndarray, output: str) -> np.ndarray:
+            tensor = grpcclient.InferInput(name, list(data.shape), "UINT8")
+            tensor.set_data_from_numpy(data)
+            return client.infer(model, [tensor]).as_numpy(output)
+
+        decoded = infer("jpeg_decoder", "jpeg", rows, "images")
+        masks = infer(contract.model_name, "images", decoded, "masks")
+        pngs = infer(f"{contract.model_name}_jpeg", "jpeg", rows, "masks_png")
+    finally:
+        client.close()
+    assert pngs.shape == (3, 1) and sum(len(png) for png in pngs.ravel()) < masks.nbytes / 20
+    assert np.array_equal(masks_from_pngs(pngs), masks)
+
+
+@pytest.mark.parametrize(
+    "spoil", [lambda jpeg: b"\xff\xd8" + b"\x00\x01" * 500 + b"\xff\xd9", lambda jpeg: jpeg[: len(jpeg) // 2]]
+)
+def test_a_corrupt_or_truncated_frame_fails_alone_and_the_next_one_succeeds(triton, contract, frames, spoil):
+    good = encode_jpeg(frames[0])
+    bad = spoil(good)
+    height, width = contract.input_size
+
+    async def send() -> tuple[str, list]:
+        async with TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as client:
+            with pytest.raises(InferenceError) as refused:
+                await client.predict_jpeg(bad, height, width)
+            # Bad and good frames at once: whatever the dynamic batcher groups, only the bad ones fail.
+            mixed = [bad, good, good, bad, good, good]
+            answers = await asyncio.gather(
+                *(client.predict_jpeg(data, height, width) for data in mixed), return_exceptions=True
+            )
+            return str(refused.value), answers
+
+    message, answers = run(send())
+    assert "frame 0" in message and ("corrupt" in message or "truncated" in message)
+    assert [isinstance(a, InferenceError) for a in answers] == [True, False, False, True, False, False]
+    assert all(a.prediction.mask.shape == (height, width) for a in answers if not isinstance(a, Exception))
+
+
+def test_a_stream_over_the_wire_is_complete_in_order(triton, contract, frames):
+    async def stream() -> list:
+        async with TritonModelClient(triton.grpc_url, contract, max_in_flight=3, wire="jpeg") as client:
+            return [result async for result in client.stream(frames * 2)]
+
+    results = run(stream())
+    assert [r.frame_index for r in results] == list(range(2 * len(frames)))
+    assert np.array_equal(results[0].prediction.mask, results[len(frames)].prediction.mask)  # same frame
+
+
+def test_a_frame_of_another_size_is_resized_before_encoding(triton, contract, frames):
+    import cv2
+
+    large = cv2.resize(frames[0], (contract.width * 2, contract.height * 2))
+
+    async def predict():
+        async with TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as client:
+            return await client.predict_image(large), client.traffic
+
+    result, traffic = run(predict())
+    assert result.prediction.mask.shape == large.shape[:2]  # back in the frame's own pixels
+    assert traffic.bytes_sent < contract.height * contract.width * 3 / 10
+
+
+def test_a_pinned_version_goes_raw_to_the_model(triton, contract, frames):
+    """The ensemble runs the newest version only; a pinned request (A/B split, ``version=``) must not."""
+
+    async def predict():
+        async with TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as client:
+            newest = (await client.served_versions())[-1]
+            unpinned = await client.predict_image(frames[0])
+            after_unpinned = client.traffic.bytes_sent
+            pinned = await client.predict_image(frames[0], version=newest)
+            pinned_bytes = client.traffic.bytes_sent - after_unpinned
+        async with TritonModelClient(triton.grpc_url, contract, version=newest, wire=Wire.JPEG) as client:
+            await client.predict_image(frames[0])
+            return newest, unpinned, pinned, pinned_bytes, client.traffic.bytes_sent
+
+    newest, unpinned, pinned, pinned_bytes, pinned_client_bytes = run(predict())
+    raw_bytes = contract.height * contract.width * 3
+    assert pinned_bytes == pinned_client_bytes == raw_bytes
+    assert pinned.model_version == unpinned.model_version == newest
+
+
+def test_detections_come_back_as_they_are(triton, frames):
+    detector = ModelContract.load("mask_detector")
+    if detector.model_name not in triton.models:
+        pytest.skip("mask_detector has no published version here")
+    jpeg = encode_jpeg(detector.to_model_input(frames[0]))
+    height, width = detector.input_size
+
+    async def both():
+        async with (
+            TritonModelClient(triton.grpc_url, detector) as raw,
+            TritonModelClient(triton.grpc_url, detector, wire=Wire.JPEG) as wired,
+        ):
+            # The same pixels both ways: the raw client sends what the server's decoder makes of the JPEG.
+            return (
+                await raw.predict_image(decode_jpeg(jpeg)),
+                await wired.predict_jpeg(jpeg, height, width),
+                wired,
+            )
+
+    by_raw, by_jpeg, wired = run(both())
+    assert isinstance(by_jpeg.prediction, Detections)
+    assert np.allclose(by_jpeg.prediction.xyxy, by_raw.prediction.xyxy)
+    assert np.array_equal(by_jpeg.prediction.class_id, by_raw.prediction.class_id)
+    k = detector.max_detections
+    assert wired.traffic.bytes_received == 4 * (4 * k + k + k + 1)  # boxes, scores, ids, count: as they are
+
+
+def test_the_helpers_are_not_user_facing_models(triton, gateway):
+    import httpx
+
+    listed = httpx.get(f"{gateway.url}/v1/models", timeout=10).json()
+    names = {model["name"] for model in listed["models"]}
+    assert names == set(triton.models)
+    assert not (names | set(listed["unavailable"])) & set(triton.companions)
+    assert httpx.get(f"{gateway.url}/v1/models/shelf_segmenter_jpeg", timeout=10).status_code == 404
+    found = discover()
+    assert not set(found.contracts) & set(found.companions)
+    with pytest.raises(KeyError, match="unknown model"):
+        found.get("shelf_segmenter_jpeg")
+
+
+def prodseg_stream(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "prodseg.cli", "stream", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_prodseg_stream_sends_jpeg_when_asked(triton, shelf_video):
+    result = prodseg_stream(
+        str(shelf_video.video),
+        "--wire",
+        "jpeg",
+        "--jpeg-quality",
+        "90",
+        "--fps",
+        "15",
+        "--triton",
+        triton.grpc_url,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["completed"] > 0 and stats["failed"] == 0
+    assert stats["completed"] + stats["dropped"] == shelf_video.frames
+
+
+def test_prodseg_stream_names_the_wire_it_cannot_reach(shelf_video):
+    result = prodseg_stream(
+        str(shelf_video.video), "--wire", "jpeg", "--triton", "127.0.0.1:9", "--max-frames", "2"
+    )
+    assert result.returncode == 2 and "not ready for shelf_segmenter_jpeg" in result.stderr
+    refused = prodseg_stream(str(shelf_video.video), "--wire", "png")
+    assert refused.returncode == 2 and "--wire" in refused.stderr

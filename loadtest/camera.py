@@ -89,11 +89,13 @@ class CameraStream:
         on_result: ResultCallback | None = None,
         on_drop: Callable[[], None] | None = None,
         reuse: CameraReuse | None = None,
+        on_carried: ResultCallback | None = None,
     ) -> None:
         if fps <= 0 or window < 1 or not frames:
             raise ValueError("a camera needs fps > 0, window >= 1 and at least one frame")
         self.infer, self.frames, self.fps, self.window = infer, frames, fps, window
         self.on_result, self.on_drop, self.reuse = on_result, on_drop, reuse
+        self.on_carried = on_carried or on_result  # frames answered by reuse: not requests
         self.counters = CameraCounters()
         self._in_flight = gevent.pool.Pool(window)
         self._carried = gevent.pool.Group()  # propagated frames waiting for their keyframe
@@ -170,10 +172,10 @@ class CameraStream:
         except Exception as caught:  # its keyframe failed: so does this frame
             error = caught
             self.counters.failed += 1
-        self._finish(time.perf_counter() - started, error)
+        self._finish(time.perf_counter() - started, error, self.on_carried)
 
-    def _finish(self, latency: float, error: Exception | None) -> None:
+    def _finish(self, latency: float, error: Exception | None, report: ResultCallback | None = None) -> None:
         if error is None:
             self.counters.latencies_s.append(latency)
-        if self.on_result:
-            self.on_result(latency, error)
+        if report := report or self.on_result:
+            report(latency, error)

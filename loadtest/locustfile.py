@@ -174,6 +174,7 @@ class CameraUser(User):
             on_result=self._report,
             on_drop=lambda: RECORDER.dropped(self),
             reuse=CameraReuse(settings, FRAMES) if settings.enabled else None,
+            on_carried=self._report_carried,
         )
         RECORDER.add_camera(self)
 
@@ -196,11 +197,16 @@ class CameraUser(User):
             prediction = predictions_from_outputs(outputs, CONTRACT)[0]
         return Reply(payload.nbytes, received, prediction)
 
-    def _report(self, latency_s: float, error: Exception | None) -> None:
+    def _report_carried(self, latency_s: float, error: Exception | None) -> None:
+        self._report(latency_s, error, request_type="reuse", name="frame carried from its keyframe")
+
+    def _report(
+        self, latency_s: float, error: Exception | None, request_type: str = "grpc", name: str = "frame"
+    ) -> None:
         RECORDER.completed(self, latency_s, error)
         self.environment.events.request.fire(
-            request_type="grpc",
-            name=f"{CONTRACT.model_name} frame",
+            request_type=request_type,
+            name=f"{CONTRACT.model_name} {name}",
             response_time=latency_s * 1000,
             response_length=CONTRACT.height * CONTRACT.width,
             exception=error,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,21 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # The committed default model reliably scores ~0.8 on generated shelf video; a broken pipeline
 # (wrong channel order, misaligned frames, resizing bugs) falls far below this.
 MIOU_FLOOR = 0.6
+
+
+def copy_model(model: str, destination: Path, keep_versions: tuple[str, ...] = ("1",), ignore=()) -> Path:
+    """The checkout's ``model`` folder copied to ``destination`` with only ``keep_versions``: tests build
+    on version 1 and add versions of their own, whatever the checkout has published since."""
+    from clients.contract import default_repository
+
+    source = default_repository() / model
+
+    def skipped(folder: str, names: list[str]) -> list[str]:
+        later = [n for n in names if n.isdigit() and n not in keep_versions] if Path(folder) == source else []
+        return [*later, *(n for n in names if n == "__pycache__" or n in ignore)]
+
+    shutil.copytree(source, destination, symlinks=True, ignore=skipped)
+    return destination
 
 
 def wait_for_job(client, job_id: str, timeout_s: float = 120) -> dict:

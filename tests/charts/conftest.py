@@ -9,6 +9,7 @@ import pytest
 
 from clients import config_text
 from clients.contract import default_repository
+from tests.conftest import copy_model
 
 MODEL = "shelf_segmenter"
 SECOND = "second_model"  # a copy of the shelf model under another name: the store holds two models
@@ -22,12 +23,7 @@ def store(tmp_path: Path) -> Path:
     store.mkdir()
     source = default_repository()
     shutil.copy2(source / "onnx_runner.py", store / "onnx_runner.py")
-    # Version 1 only, whatever the checkout has published since: the tests add version 2 themselves.
-    def only_version_1(folder: str, names: list[str]) -> list[str]:
-        later = [n for n in names if n.isdigit() and n != "1"] if Path(folder) == source / MODEL else []
-        return [*later, *(n for n in names if n == "__pycache__")]
-
-    shutil.copytree(source / MODEL, store / MODEL, symlinks=True, ignore=only_version_1)
+    copy_model(MODEL, store / MODEL)
     shutil.copytree(store / MODEL / "1", store / MODEL / "2", symlinks=True)
     shutil.copytree(store / MODEL, store / SECOND, symlinks=True)
     shutil.rmtree(store / SECOND / "2")

@@ -13,7 +13,10 @@ import yaml
 
 from tests.charts.toolbox import CHART, ROOT, RULES_FILE, RenderError, by_kind, one, render, render_notes
 
-DEFAULT_MODELS = [m["name"] for m in yaml.safe_load((CHART / "values.yaml").read_text())["models"]]
+DEFAULT_VERSIONS = {
+    m["name"]: m["version"] for m in yaml.safe_load((CHART / "values.yaml").read_text())["models"]
+}
+DEFAULT_MODELS = list(DEFAULT_VERSIONS)
 
 pytestmark = pytest.mark.k8s
 
@@ -110,18 +113,18 @@ def test_triton_loads_every_listed_model_and_prepares_each(objects):
     assert prepared_models(triton) == [
         {
             "name": name,
-            "version": 1,
-            "versions": [1],
+            "version": version,
+            "versions": [version],
             "configName": "gpu",
             "tensorrt": True,
-            "engineVersion": 1,
+            "engineVersion": version,
         }
-        for name in DEFAULT_MODELS
+        for name, version in DEFAULT_VERSIONS.items()
     ]
-    assert synced_models(triton) == " ".join(f"{name}=1" for name in DEFAULT_MODELS)
+    assert synced_models(triton) == " ".join(f"{name}={v}" for name, v in DEFAULT_VERSIONS.items())
     labels = triton["spec"]["template"]["metadata"]["labels"]
     assert {k: v for k, v in labels.items() if k.startswith("model.prodseg.io/")} == {
-        f"model.prodseg.io/{name}": "1" for name in DEFAULT_MODELS
+        f"model.prodseg.io/{name}": str(version) for name, version in DEFAULT_VERSIONS.items()
     }
 
 
@@ -647,8 +650,8 @@ def test_auth_and_metrics_guards(tools, tmp_path, values, message):
 
 def test_notes_list_the_models_and_say_how_to_roll_one_out(tools):
     notes = render_notes()
-    for name in DEFAULT_MODELS:
-        assert f"  {name} version 1 (config gpu, TensorRT plans when built)" in notes
+    for name, version in DEFAULT_VERSIONS.items():
+        assert f"  {name} version {version} (config gpu, TensorRT plans when built)" in notes
     assert "helm get values prodsegmenter -n prodseg --all -o json | python3 infra/model_values.py" in notes
     assert "--set model" not in notes  # a list entry set on the command line replaces the whole list
     # Auth on without keys in values: how to create the Secret the gateway waits for.

@@ -14,6 +14,7 @@ import pytest
 from clients.contract import default_repository
 from prodseg.stack import GatewayProcess, serving_env
 from prodseg.triton_server import TritonServer
+from tests.conftest import copy_model
 
 pytestmark = pytest.mark.triton
 MODEL = "shelf_segmenter"
@@ -25,7 +26,7 @@ def two_versions(tmp_path_factory):
     repository = tmp_path_factory.mktemp("ab-repository")
     source = default_repository()
     shutil.copy2(source / "onnx_runner.py", repository / "onnx_runner.py")
-    shutil.copytree(source / MODEL, repository / MODEL, symlinks=True)
+    copy_model(MODEL, repository / MODEL)
     shutil.copytree(repository / MODEL / "1", repository / MODEL / "2", symlinks=True)
     triton = TritonServer(repository=repository, models=(MODEL,), log_path=repository / "triton.log")
     with triton:

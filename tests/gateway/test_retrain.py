@@ -23,6 +23,7 @@ from clients.repository import versions
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from prodseg.processes import free_port
+from tests.conftest import copy_model
 
 MODEL = "shelf_segmenter"
 STAND_IN = f"{sys.executable} -c \"import time; time.sleep(1.5); print('published {{model}} version 2')\""
@@ -114,7 +115,7 @@ def test_a_real_retrain_publishes_a_new_version_without_touching_production(tmp_
     repository = tmp_path / "repository"
     repository.mkdir()
     shutil.copy2(default_repository() / "onnx_runner.py", repository)
-    shutil.copytree(default_repository() / MODEL, repository / MODEL, symlinks=True)
+    copy_model(MODEL, repository / MODEL)
     command = (
         "{python} -m prodseg.cli pipeline --config training/configs/tiny.yaml --run-dir {run_dir} "
         f"--repository {repository} --set tracking.uri=sqlite:///{tmp_path}/mlflow.db "

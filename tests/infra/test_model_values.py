@@ -84,7 +84,10 @@ def test_the_chart_rolls_triton_for_that_model_only(tools, tmp_path):
     assert old["spec"]["selector"] == new["spec"]["selector"]  # immutable: must not change
     labels = new["spec"]["template"]["metadata"]["labels"]
     assert labels["model.prodseg.io/crack_segmenter"] == "5"
-    assert labels["model.prodseg.io/shelf_segmenter"] == "1"
+    assert (
+        labels["model.prodseg.io/shelf_segmenter"]
+        == old["spec"]["template"]["metadata"]["labels"]["model.prodseg.io/shelf_segmenter"]
+    )
     assert one(before, "Deployment", "-gateway") == one(after, "Deployment", "-gateway")
     jobs = {j["metadata"]["labels"]["prodseg.io/model"]: j for j in after if j["kind"] == "Job"}
     assert jobs["crack_segmenter"]["metadata"]["labels"]["prodseg.io/model-version"] == "5"

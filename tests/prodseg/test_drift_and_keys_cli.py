@@ -16,6 +16,7 @@ from clients.contract import default_repository
 from clients.drift import DriftReference, reference_path
 from datagen.shelves import write_dataset
 from gateway.auth import Authenticator
+from tests.conftest import copy_model
 
 
 def prodseg(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -30,10 +31,7 @@ def repository(tmp_path_factory) -> Path:
     """A copy of shelf_segmenter (v1) in a repository of its own, so references land there."""
     root = tmp_path_factory.mktemp("repository")
     shutil.copy(default_repository() / "onnx_runner.py", root)
-    ignore = shutil.ignore_patterns("drift_reference.json", "__pycache__")
-    shutil.copytree(
-        default_repository() / "shelf_segmenter", root / "shelf_segmenter", symlinks=True, ignore=ignore
-    )
+    copy_model("shelf_segmenter", root / "shelf_segmenter", ignore=("drift_reference.json",))
     return root
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.contract import ModelContract, default_repository, read_model_config
+from clients.contract import ModelContract, read_model_config
 from clients.repository import served_versions, versions
 from clients.triton_admin import TritonAdmin
 from clients.triton_client import InferenceError, TritonModelClient
@@ -32,6 +31,7 @@ from prodseg.rollout import (
     write_served_versions,
 )
 from prodseg.triton_server import TritonServer
+from tests.conftest import copy_model
 from tests.training import mlflow_helpers
 
 MODEL = "shelf_segmenter"
@@ -71,9 +71,7 @@ def test_every_swap_loads_the_new_versions_before_it_drops_the_old(current, want
 def small_repository(tmp_path: Path) -> Path:
     """The shelf model's configs with two version folders (a placeholder file each)."""
     model_dir = tmp_path / MODEL
-    shutil.copytree(
-        default_repository() / MODEL, model_dir, symlinks=True, ignore=shutil.ignore_patterns("1")
-    )
+    copy_model(MODEL, model_dir, keep_versions=())
     for version in (1, 2):
         (model_dir / str(version)).mkdir()
         (model_dir / str(version) / "model.onnx").write_bytes(b"placeholder")

@@ -26,6 +26,7 @@ import numpy as np
 
 from clients.contract import default_repository
 from clients.repository import latest_version
+from loadtest.run import add_camera_options, camera_arguments
 
 LOCUSTFILE = Path(__file__).with_name("rollout_locustfile.py")
 CAMERA_REQUEST = "grpc"  # the request type camera frames report (locustfile.CameraUser)
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second each camera sends")
     parser.add_argument("--window", type=int, default=2, help="requests in flight per camera")
+    add_camera_options(parser)
     parser.add_argument("--upload-users", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=90.0, help="length of the Locust run")
     parser.add_argument("--rollout-at", type=float, default=30.0, help="seconds into the run")
@@ -147,6 +149,7 @@ def locust_command(
         "--step-seconds", str(args.seconds),
         "--camera-fps", str(args.fps),
         "--camera-window", str(args.window),
+        *camera_arguments(args),
         "--upload-users", str(args.upload_users),
         "--upload-video", str(video),
         "--report", str(args.out / "report.json"),

@@ -34,12 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second each camera sends")
     parser.add_argument("--window", type=int, default=2, help="requests in flight per camera")
-    parser.add_argument("--wire", choices=("raw", "jpeg"), default="raw", help="what cameras send")
-    parser.add_argument("--jpeg-quality", type=int, default=80)
-    parser.add_argument("--reuse", choices=("off", "auto"), default="off", help="cameras' temporal reuse")
-    parser.add_argument("--max-interval", type=int, default=8, help="frames between keyframes at most")
-    parser.add_argument("--pan", type=float, default=40.0, help="pixels per frame the cameras pan")
-    parser.add_argument("--loop-frames", type=int, default=8, help="frames in each camera's loop")
+    add_camera_options(parser)
     parser.add_argument("--upload-users", type=int, default=0, help="users uploading videos alongside")
     parser.add_argument("--out", type=Path, default=Path("out/loadtest"))
     parser.add_argument("--max-failure-rate", type=float, default=0.01)
@@ -49,6 +44,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run a real Prometheus on 127.0.0.1 scraping Triton and the gateway",
     )
     return parser.parse_args(argv)
+
+
+def add_camera_options(parser: argparse.ArgumentParser) -> None:
+    """What each camera sends and how (passed on to the locustfile's ``--camera-*`` options)."""
+    parser.add_argument("--wire", choices=("raw", "jpeg"), default="raw", help="what cameras send")
+    parser.add_argument("--jpeg-quality", type=int, default=80)
+    parser.add_argument("--reuse", choices=("off", "auto"), default="off", help="cameras' temporal reuse")
+    parser.add_argument("--max-interval", type=int, default=8, help="frames between keyframes at most")
+    parser.add_argument("--pan", type=float, default=40.0, help="pixels per frame the cameras pan")
+    parser.add_argument("--loop-frames", type=int, default=8, help="frames in each camera's loop")
+
+
+def camera_arguments(args: argparse.Namespace) -> list[str]:
+    return [
+        "--camera-wire", args.wire, "--jpeg-quality", str(args.jpeg_quality),
+        "--camera-reuse", args.reuse, "--camera-max-interval", str(args.max_interval),
+        "--camera-pan", str(args.pan), "--camera-frames", str(args.loop_frames),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,18 +137,7 @@ def run_locust(args: argparse.Namespace, prometheus=None) -> int:
         str(args.fps),
         "--camera-window",
         str(args.window),
-        "--camera-wire",
-        args.wire,
-        "--jpeg-quality",
-        str(args.jpeg_quality),
-        "--camera-reuse",
-        args.reuse,
-        "--camera-max-interval",
-        str(args.max_interval),
-        "--camera-pan",
-        str(args.pan),
-        "--camera-frames",
-        str(args.loop_frames),
+        *camera_arguments(args),
         "--upload-users",
         str(args.upload_users),
         "--upload-video",

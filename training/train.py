@@ -99,12 +99,7 @@ def read_weights(path: Path) -> dict[str, Any]:
     ``num_classes`` (what built the network).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, not torch, or unsafe pickles: all mean "not weights"
-        raise CheckpointError(f"{path}: not a readable weights file: {error}") from None
+    state = _load_tensors(path, "weights file")
     if isinstance(state, dict) and (
         state.get("format") == CHECKPOINT_FORMAT or state.get("weights_format") == WEIGHTS_FORMAT
     ):
@@ -526,14 +521,19 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return keys
 
 
+def _load_tensors(path: Path, what: str) -> Any:
+    """``torch.load`` of tensors only; a missing or unreadable file is a ``CheckpointError``."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not torch, or unsafe pickles: all mean "not ours"
+        raise CheckpointError(f"{path}: not a readable {what}: {error}") from None
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, not torch, or unsafe pickles: all mean "not ours"
-        raise CheckpointError(f"{path}: not a readable checkpoint: {error}") from None
+    state = _load_tensors(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a ProdSegmenter training checkpoint (format {CHECKPOINT_FORMAT})")
     return state

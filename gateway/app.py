@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -477,15 +477,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         tags=["default model"],
         **_video_upload(),
     )
-    async def upload_default_video(
-        request: Request,
-        reuse: ReuseOption = "off",
-        max_interval: MaxIntervalOption = DEFAULT_MAX_INTERVAL,
-        tolerance: ToleranceOption = 1.0,
-    ) -> JSONResponse:
-        # The options are declared for the document and FastAPI's checks; read back as one setting.
-        reuse_settings = _reuse_settings(request)
-        return await upload_video(request, catalog.default(), "/v1/videos", reuse_settings)
+    async def upload_default_video(request: Request, reuse: ReuseQuery) -> JSONResponse:
+        return await upload_video(request, catalog.default(), "/v1/videos", reuse)
 
     @app.get(
         "/v1/videos/{job_id}",
@@ -607,12 +600,20 @@ ToleranceOption = Annotated[
 ]
 
 
-def _reuse_settings(request: Request) -> ReuseSettings:
-    """A video job's temporal-reuse option (FastAPI checked each value already)."""
+def _video_reuse(
+    reuse: ReuseOption = "off",
+    max_interval: MaxIntervalOption = DEFAULT_MAX_INTERVAL,
+    tolerance: ToleranceOption = 1.0,
+) -> ReuseSettings:
+    """A video job's temporal-reuse option: the three query parameters (documented, and checked by
+    FastAPI) as one setting."""
     try:
-        return ReuseSettings.from_options(request.query_params)
+        return ReuseSettings(reuse, max_interval, tolerance)
     except ValueError as error:
         raise ApiError(422, "invalid_option", str(error)) from error
+
+
+ReuseQuery = Annotated[ReuseSettings, Depends(_video_reuse)]
 
 
 def _add_model_routes(
@@ -674,15 +675,8 @@ def _add_model_routes(
             return await predict(request, catalog.get(name), "", None, settings.max_images_per_request)
 
     @app.post(f"{base}/videos", summary=f"{name}: run a video (a job)", tags=tags, **_video_upload())
-    async def video(
-        request: Request,
-        reuse: ReuseOption = "off",
-        max_interval: MaxIntervalOption = DEFAULT_MAX_INTERVAL,
-        tolerance: ToleranceOption = 1.0,
-    ) -> JSONResponse:
-        # The options are declared for the document and FastAPI's checks; read back as one setting.
-        reuse_settings = _reuse_settings(request)
-        return await upload_video(request, catalog.get(name), f"{base}/videos", reuse_settings)
+    async def video(request: Request, reuse: ReuseQuery) -> JSONResponse:
+        return await upload_video(request, catalog.get(name), f"{base}/videos", reuse)
 
     @app.get(f"{base}/videos/{{job_id}}", response_model=JobInfo, responses=errors(404), tags=tags)
     async def video_status(job_id: JobId) -> dict:

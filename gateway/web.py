@@ -150,7 +150,7 @@ async def _serve_frames(
                 continue
             planned = None
             if plan is not None:  # its result starts now, before the next frame is planned
-                infer = functools.partial(served.client.predict_image, frame)
+                infer = functools.partial(_infer_live, served, data, frame)  # the JPEG wire too
                 planned = _Planned(frame, plan, reuse.result(plan, infer), time.perf_counter())
             task = asyncio.create_task(answer(data, received, planned))
             tasks = in_flight if inferred else carried

@@ -71,7 +71,10 @@ def test_the_live_socket_refuses_a_wrong_key_with_the_401_message(page, keyed_ga
     )
     assert answer["code"] == 1008
     assert answer["answer"]["status"] == 401 and answer["answer"]["error"]["code"] == "invalid_api_key"
-    # And the page itself shows it when the camera starts with a wrong key.
+    # And the page itself shows it when the camera starts with a wrong key. The page's own requests
+    # for the picked model (feedback, monitoring) must be answered first: one still in flight when
+    # the key turns wrong would get a 401 and open the key dialog over the tabs.
+    page.wait_for_load_state("networkidle")
     page.evaluate(f"sessionStorage.setItem('prodseg.apiKey', '{WRONG_KEY}')")
     page.click("#tab-live")
     page.click("#live-start")

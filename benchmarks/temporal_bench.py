@@ -52,6 +52,7 @@ RESULTS = Path(__file__).parent / "results" / "temporal.json"
 VIDEOS = {"demo": 6.0, "fast": 16.0}  # pixels per frame of the pan
 SEED = 7
 MAX_INTERVALS = (4, DEFAULT_MAX_INTERVAL, 16, 30)  # the curve, at tolerance 1
+LIVE_TOLERANCES = (1.0, 1.5, 2.0, 3.0)  # the live curve, at the default max_interval
 TARGET_CALLS_SAVED, TARGET_MIOU_LOSS = 3.0, 0.01
 IN_FLIGHT = 3
 
@@ -79,15 +80,21 @@ def measure_temporal(triton_url: str, work: Path, num_frames: int = 300) -> dict
         for run in runs:
             run["calls_saved"] = round(every["engine_calls"] / run["engine_calls"], 3)
             run["miou_loss"] = round(every["miou"] - run["miou"], 4)
-        live = _live(triton_url, contract, video, truth, default)
-        live["calls_saved"] = round(num_frames / live["engine_calls"], 3)
-        live["miou_loss"] = round(every["miou"] - live["miou"], 4)
+        live_curve = [
+            _live(triton_url, contract, video, truth, ReuseSettings("auto", tolerance=tolerance))
+            for tolerance in LIVE_TOLERANCES
+        ]
+        for run in live_curve:
+            run["calls_saved"] = round(num_frames / run["engine_calls"], 3)
+            run["miou_loss"] = round(every["miou"] - run["miou"], 4)
+        live = next(run for run in live_curve if run["settings"] == default.to_dict())
         videos[name] = {
             "pixels_per_frame": speed,
             "frames": num_frames,
             "every_frame": every,
             "reuse": runs,
             "live_forward_only": live,
+            "live_curve": live_curve,
             "motion_models": _motion_models(video, truth, default.max_interval),
         }
     at_default = [next(r for r in v["reuse"] if r["settings"] == default.to_dict()) for v in videos.values()]
@@ -227,15 +234,18 @@ def plot(result: dict, path: Path) -> None:
         )  # fmt: skip
         for r in curve:
             axis.annotate(f"{r['settings']['max_interval']}", (r["calls_saved"], r["miou"]), fontsize=8)
-        live = video["live_forward_only"]
+        live = sorted(video.get("live_curve") or [video["live_forward_only"]], key=lambda r: r["calls_saved"])
         axis.plot(
-            [live["calls_saved"]], [live["miou"]], "s", color=colour, label=f"{name}: live (forwards only)"
-        )
+            [r["calls_saved"] for r in live], [r["miou"] for r in live], "s--", color=colour,
+            label=f"{name}: live (forwards only)",
+        )  # fmt: skip
+        for r in live:
+            axis.annotate(f"t{r['settings']['tolerance']:g}", (r["calls_saved"], r["miou"]), fontsize=7)
         band = video["every_frame"]["miou"] - TARGET_MIOU_LOSS
         axis.axhline(band, color=colour, linestyle=":", linewidth=1)
     axis.axvline(TARGET_CALLS_SAVED, color="grey", linestyle="--", linewidth=1)
     axis.set_xscale("log")
-    axis.set_xlabel("engine calls saved (every-frame calls / reuse calls); labels: max_interval")
+    axis.set_xlabel("engine calls saved (every-frame / reuse calls); labels: max_interval, t: live tolerance")
     axis.set_ylabel("mIoU vs ground truth")
     axis.set_title("Temporal reuse: calls saved vs mIoU (dotted: every-frame mIoU - 0.01)")
     axis.legend(fontsize=8)

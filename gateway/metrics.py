@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STAGES = ("decode", "infer", "overlay", "encode")
+# motion and propagate: temporal reuse (clients/temporal.py), observed only for jobs that turn it on
+STAGES = ("decode", "infer", "motion", "propagate", "overlay", "encode")
 REQUEST_STAGES = ("decode", "infer", "postprocess")
 
 

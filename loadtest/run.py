@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import psutil
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -154,9 +156,10 @@ def run_locust(args: argparse.Namespace, prometheus=None) -> int:
         *user_classes,
     ]
     started = time.monotonic()
+    cpu = CpuSplit()  # taken before Locust starts: every child of ours now is the embedded stack
     try:
-        locust = subprocess.run(command, timeout=budget_s, capture_output=True, text=True)
-    except subprocess.TimeoutExpired:  # subprocess.run kills it: no hang at exit
+        locust = run_measured(command, budget_s, cpu)
+    except subprocess.TimeoutExpired:  # run_measured kills it: no hang at exit
         print(f"error: Locust did not finish within {budget_s:.0f} s and was killed", file=sys.stderr)
         return 1
     (args.out / "locust.log").write_text(locust.stdout + locust.stderr)
@@ -168,6 +171,7 @@ def run_locust(args: argparse.Namespace, prometheus=None) -> int:
         return 1
     report = json.loads(report_path.read_text())
     report["wall_s"] = round(time.monotonic() - started, 1)
+    report["cpu"] = cpu.summary(os.cpu_count() or 1)
     if prometheus is not None:
         time.sleep(3)  # Triton refreshes its counters every 2 s; let the last values be scraped
         report["prometheus"] = server_side_series(prometheus, window_s=report["wall_s"] + 3)
@@ -175,6 +179,66 @@ def run_locust(args: argparse.Namespace, prometheus=None) -> int:
     plot(report, args.out / "report.png")
     print_summary(report)
     return verdict(report, args.max_failure_rate)
+
+
+class CpuSplit:
+    """CPU time of the embedded stack (our children when Locust starts) and of Locust, over the run.
+
+    On one machine the load generator's cameras (JPEG payloads, motion estimates, propagated masks)
+    take cores the server would otherwise have: the split says how much, so a figure measured here
+    reads for what it is. With ``--host`` the stack is elsewhere and only Locust is counted."""
+
+    def __init__(self) -> None:
+        self.stack = psutil.Process().children(recursive=True)
+        self.stack_start = _cpu_seconds(self.stack)
+        self.locust_seconds = 0.0
+        self.started = time.monotonic()
+
+    def watch_locust(self, pid: int) -> None:
+        """Called while Locust runs: its tree's CPU so far (its last second is lost when it exits)."""
+        try:
+            locust = psutil.Process(pid)
+            self.locust_seconds = max(self.locust_seconds, _cpu_seconds([locust, *locust.children(True)]))
+        except psutil.NoSuchProcess:
+            pass
+
+    def summary(self, cpus: int) -> dict:
+        wall = time.monotonic() - self.started
+        stack = _cpu_seconds(self.stack) - self.stack_start
+        return {
+            "cpus": cpus,
+            "stack_cores": round(stack / wall, 2) if self.stack else None,
+            "loadgen_cores": round(self.locust_seconds / wall, 2),
+            "note": "mean cores over the whole run (start-up and steps), stack = Triton, stubs, gateway",
+        }
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:  # gone: its time is no longer counted anywhere
+            pass
+    return total
+
+
+def run_measured(command: list[str], timeout_s: float, cpu: CpuSplit) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with a hard timeout that samples Locust's CPU once a second."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + timeout_s
+        output: tuple[str, str] | None = None
+        while output is None:
+            cpu.watch_locust(process.pid)
+            try:
+                output = process.communicate(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    process.kill()
+                    process.communicate()
+                    raise
+        return subprocess.CompletedProcess(command, process.returncode, *output)
 
 
 def server_side_series(prometheus, window_s: float) -> dict:
@@ -231,6 +295,9 @@ def print_summary(report: dict) -> None:
     )
     if report.get("triton"):
         print(f"Triton: {report['triton']}")
+    if cpu := report.get("cpu"):
+        cores = f"stack {cpu['stack_cores']}, load generator {cpu['loadgen_cores']}"
+        print(f"CPU (mean cores of {cpu['cpus']}): {cores}")
 
 
 def plot(report: dict, path: Path) -> None:

@@ -98,6 +98,7 @@ BAD_VALUES = {
         "Does not match pattern",
     ),
     "boolean as string": ("networkPolicy:\n  enabled: 'yes'\n", "Expected: boolean, given: string"),
+    "jpegWire as a switch": ("jpegWire: false\n", "Invalid type. Expected: object, given: boolean"),
 }
 
 

@@ -441,3 +441,35 @@ def test_prepare_refuses_bad_version_lists(synced_two_versions, entry, message):
     result = prepare_models(synced_two_versions, [entry], check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+# --- The JPEG wire's companions, as the rendered chart lists them for the GPU pool ---
+
+
+@pytest.mark.k8s
+def test_the_gpu_pool_syncs_and_prepares_the_dali_decoder_and_the_wire(store_with_jpeg_wire, tmp_path, tools):
+    from tests.charts.test_rendered_objects import models_file, prepared, synced
+    from tests.charts.toolbox import one, render
+
+    models = [{"name": MODEL, "version": 2}, {"name": SECOND, "version": 1, "jpegWire": False}]
+    triton = one(render([models_file(tmp_path, models)]), "Deployment", "-triton")
+    models_dir = tmp_path / "models"
+    result = sync_from_volume(store_with_jpeg_wire, models_dir, synced(triton))
+    assert result.returncode == 0, result.stderr
+    done = prepare_models(models_dir, prepared(triton), "--compute-capability=8.6").stdout
+    assert "jpeg_decoder version 1 serves configs/gpu.pbtxt" in done
+    # The DALI decoder, with the pipeline the backend serializes when it loads.
+    decoder = read_model_config(models_dir / "jpeg_decoder" / "config.pbtxt")
+    assert (decoder.backend, decoder.default_model_filename) == ("dali", "dali.py")
+    assert (models_dir / "jpeg_decoder" / "1" / "dali.py").is_file()
+    assert (models_dir / "jpeg_decoder" / "1" / "model.py").is_file()  # the CPU decoder's, unused here
+    # The encoder and the ensemble keep their one config; every companion serves its version 1.
+    assert read_model_config(models_dir / "mask_encoder" / "config.pbtxt").backend == "python"
+    wire = read_model_config(models_dir / f"{MODEL}_jpeg" / "config.pbtxt")
+    assert wire.platform == "ensemble"
+    for name in ("jpeg_decoder", "mask_encoder", f"{MODEL}_jpeg"):
+        config = read_model_config(models_dir / name / "config.pbtxt")
+        assert list(config.version_policy.specific.versions) == [1], name
+    # What the clients look for: the shelf model's wire, fitting its model, with both steps.
+    found = discover(models_dir)
+    assert set(found.companions_of([MODEL, SECOND])) == {"jpeg_decoder", "mask_encoder", f"{MODEL}_jpeg"}

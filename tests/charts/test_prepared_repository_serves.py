@@ -1,6 +1,7 @@
 """What the chart's init containers leave behind, served by the real Triton 2.51 the way the chart
 starts it: explicit model control, one --load-model per model, and no --model-config-name (each
-model's chosen variant is already its config.pbtxt). Only the pinned versions serve."""
+model's chosen variant is already its config.pbtxt). Only the pinned versions serve. With the JPEG
+wire, the lists the rendered chart gives the pod serve a JPEG frame's mask."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import tritonclient.http as triton_http
 
 from clients.contract import ModelContract
 from clients.triton_client import TritonModelClient
+from clients.wire import Wire, wire_model_name
 from prodseg.triton_server import TritonServer
 from tests.charts.conftest import MODEL, SECOND
 from tests.charts.test_pod_scripts import prepare_models, sync_from_volume
+from tests.charts.test_rendered_objects import loaded, models_file, prepared, synced
+from tests.charts.toolbox import one, render
 
 pytestmark = pytest.mark.triton
 
@@ -109,3 +113,62 @@ async def ask_each_version(url: str, frames: np.ndarray) -> None:
         for version in ("1", "2"):
             outputs, ran = await client.infer_versioned(frames, version)
             assert ran == version and outputs["masks"].shape == (1, 384, 640)
+
+
+@pytest.mark.k8s
+def test_the_cpu_pool_with_opencv_serves_a_jpeg_frames_mask_as_the_chart_deploys_it(
+    store_with_jpeg_wire, tmp_path, tools
+):
+    """The chart on the CPU pool with jpegWire.cpuImageHasOpenCV (OpenCV is in the stub's environment
+    here): its sync list, prepare list and --load-model list, run as the pod runs them. The python
+    decoder, the model and the PNG encoder then answer a JPEG frame through shelf_segmenter_jpeg."""
+    models = [{"name": MODEL, "version": 2}, {"name": SECOND, "version": 1, "jpegWire": False}]
+    sets = {
+        "triton.gpu.enabled": "false",
+        "triton.cpu.modelConfigName": "cpu",  # the models' python-backend variant (no ORT backend here)
+        "jpegWire.cpuImageHasOpenCV": "true",
+    }
+    objects = render([models_file(tmp_path, models)], sets=sets)
+    triton = one(objects, "Deployment", "-triton")
+    wire = wire_model_name(MODEL)
+    assert loaded(objects) == [MODEL, SECOND, "jpeg_decoder", "mask_encoder", wire]
+    models_dir = tmp_path / "models"
+    result = sync_from_volume(store_with_jpeg_wire, models_dir, synced(triton))
+    assert result.returncode == 0, result.stderr
+    prepare_models(models_dir, prepared(triton))
+    server = TritonServer(
+        repository=models_dir,
+        models=tuple(loaded(objects)),  # exactly the chart's --load-model list, nothing discovered
+        jpeg_wire=False,
+        config_name="none-such",
+        log_path=tmp_path / "triton.log",
+    )
+    with server:
+        client = triton_http.InferenceServerClient(server.http_url)
+        assert client.get_model_config("jpeg_decoder")["backend"] == "python"  # OpenCV, not DALI
+        ready = {
+            (m["name"], m.get("version"))
+            for m in client.get_model_repository_index()
+            if m.get("state") == "READY"
+        }
+        assert ready == {(name, "2" if name == MODEL else "1") for name in loaded(objects)}
+        asyncio.run(mask_over_the_jpeg_wire(server.grpc_url))
+
+
+async def mask_over_the_jpeg_wire(url: str) -> None:
+    from datagen.shelves import render_scene
+
+    contract = ModelContract.load(MODEL)
+    frame = render_scene(3, contract.height, contract.width).image
+    async with (
+        TritonModelClient(url, contract, wire=Wire.JPEG) as jpeg,
+        TritonModelClient(url, contract) as raw,
+    ):
+        assert await jpeg.is_ready()  # the model and its <model>_jpeg ensemble
+        (by_jpeg,) = await jpeg.predict_images([frame])
+        (by_raw,) = await raw.predict_images([frame])
+    assert jpeg.traffic.bytes_sent < frame.nbytes / 5  # a JPEG went, not the pixels
+    assert by_jpeg.model_version == "2"  # what the ensemble's -1 ran: the pinned version
+    assert by_jpeg.prediction.mask.shape == (contract.height, contract.width)
+    # JPEG (quality 80) costs a few edge pixels, as tests/triton/test_jpeg_wire.py measures.
+    assert (by_jpeg.prediction.mask == by_raw.prediction.mask).mean() >= 0.95

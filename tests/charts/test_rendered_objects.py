@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clients.wire import JPEG_WIRE_SUFFIX, wire_model_name
 from tests.charts.toolbox import CHART, ROOT, RULES_FILE, RenderError, by_kind, one, render, render_notes
 
 DEFAULT_VERSIONS = {
     m["name"]: m["version"] for m in yaml.safe_load((CHART / "values.yaml").read_text())["models"]
 }
 DEFAULT_MODELS = list(DEFAULT_VERSIONS)
+JPEG_WIRE_CODECS = ("jpeg_decoder", "mask_encoder")  # the ensembles' shared steps (clients/wire.py)
 
 pytestmark = pytest.mark.k8s
 
@@ -88,16 +90,42 @@ def triton_container(objects: list[dict]) -> dict:
     return next(c for c in containers(one(objects, "Deployment", "-triton")) if c["name"] == "triton")
 
 
-def prepared_models(triton: dict) -> list[dict]:
-    """The models list the prepare-model init container receives (JSON in its --models argument)."""
+def is_companion(name: str) -> bool:
+    """A JPEG-wire helper the chart serves after the models (values jpegWire), not a listed model."""
+    return name in JPEG_WIRE_CODECS or name.endswith(JPEG_WIRE_SUFFIX)
+
+
+def prepared(triton: dict) -> list[dict]:
+    """Everything the prepare-model init container receives (JSON in its --models argument)."""
     prepare = next(c for c in containers(triton) if c["name"] == "prepare-model")
     (argument,) = [a for a in prepare["command"] if a.startswith("--models=")]
     return json.loads(argument.removeprefix("--models="))
 
 
-def synced_models(workload: dict) -> str:
+def prepared_models(triton: dict) -> list[dict]:
+    """The listed models' entries of prepare-model's list (the JPEG wire's companions follow them)."""
+    return [entry for entry in prepared(triton) if not is_companion(entry["name"])]
+
+
+def prepared_companions(triton: dict) -> list[dict]:
+    return [entry for entry in prepared(triton) if is_companion(entry["name"])]
+
+
+def synced(workload: dict) -> str:
+    """The sync init container's MODELS: "name=versions" pairs for files/model-store.sh."""
     sync = next(c for c in containers(workload) if c["name"] == "sync-model")
     return next(e["value"] for e in sync["env"] if e["name"] == "MODELS")
+
+
+def synced_models(workload: dict) -> str:
+    """The listed models' pairs of the sync list (the JPEG wire's companions follow them)."""
+    return " ".join(pair for pair in synced(workload).split() if not is_companion(pair.split("=")[0]))
+
+
+def loaded(objects: list[dict]) -> list[str]:
+    """What Triton loads at start, in order (one --load-model each)."""
+    args = triton_container(objects)["args"]
+    return [a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")]
 
 
 def models_file(tmp_path: Path, models: list[dict]) -> Path:
@@ -107,8 +135,7 @@ def models_file(tmp_path: Path, models: list[dict]) -> Path:
 
 
 def test_triton_loads_every_listed_model_and_prepares_each(objects):
-    args = triton_container(objects)["args"]
-    assert [a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")] == DEFAULT_MODELS
+    assert [name for name in loaded(objects) if not is_companion(name)] == DEFAULT_MODELS
     triton = one(objects, "Deployment", "-triton")
     assert prepared_models(triton) == [
         {
@@ -171,6 +198,90 @@ def test_per_model_config_names_and_tensorrt_switches(tools, tmp_path):
     build = next(c for c in containers(shelf) if c["name"] == "build-engine")
     env = {e["name"]: e["value"] for e in build["env"]}
     assert (env["MODEL_NAME"], env["MODEL_VERSION"], env["CONFIG_NAME"]) == ("shelf_segmenter", "3", "gpu")
+
+
+# --- The JPEG wire (jpegWire): its companions synced, prepared and loaded after the models ---
+
+
+def jpeg_wire(models: list[str], decoder_config: str) -> list[dict]:
+    """The companions the chart serves for ``models``, in prepare-model's shape: version 1 each."""
+    return [
+        {"name": name, "version": 1, "versions": [1], "configName": config, "tensorrt": False}
+        for name, config in [
+            ("jpeg_decoder", decoder_config),
+            ("mask_encoder", ""),
+            *((wire_model_name(model), "") for model in models),
+        ]
+    ]
+
+
+def test_the_gpu_pool_serves_the_jpeg_wire_with_the_dali_decoder(objects):
+    triton = one(objects, "Deployment", "-triton")
+    companions = jpeg_wire(DEFAULT_MODELS, decoder_config="gpu")  # configs/gpu.pbtxt: DALI (nvJPEG)
+    assert prepared_companions(triton) == companions
+    names = [c["name"] for c in companions]
+    # After the models: loaded, prepared and synced (version 1 of each folder), nothing else.
+    assert loaded(objects) == DEFAULT_MODELS + names
+    assert [entry["name"] for entry in prepared(triton)] == DEFAULT_MODELS + names
+    assert synced(triton) == " ".join([synced_models(triton), *(f"{name}=1" for name in names)])
+    # Companions are not models: no pod label, no engine build, not in the rollout annotation, not
+    # in the gateway's model list.
+    labels = triton["spec"]["template"]["metadata"]["labels"]
+    assert not [k for k in labels if k.startswith("model.prodseg.io/") and is_companion(k.split("/")[1])]
+    built = {job["metadata"]["labels"]["prodseg.io/model"] for job in by_kind(objects, "Job")}
+    assert built == set(DEFAULT_MODELS)
+    annotation = triton["spec"]["template"]["metadata"]["annotations"]["prodseg.io/models"]
+    assert annotation == synced_models(triton)
+    gateway = next(c for c in containers(one(objects, "Deployment", "-gateway")) if c["name"] == "gateway")
+    assert {e["name"]: e.get("value") for e in gateway["env"]}["PRODSEG_MODELS"] == ",".join(DEFAULT_MODELS)
+    # Strict readiness holds them to the models' standard: a companion that fails keeps the pod unready.
+    assert "--strict-readiness=true" in triton_container(objects)["args"]
+    assert "JPEG wire: jpeg_decoder, mask_encoder, shelf_segmenter_jpeg" in render_notes()
+
+
+def test_without_the_jpeg_wire_only_the_models_are_served(tools):
+    objects = render(sets={"jpegWire.enabled": "false"})
+    triton = one(objects, "Deployment", "-triton")
+    assert loaded(objects) == DEFAULT_MODELS
+    assert prepared(triton) == prepared_models(triton) and synced(triton) == synced_models(triton)
+    assert "JPEG wire" not in render_notes(sets={"jpegWire.enabled": "false"})
+
+
+def test_the_cpu_pool_serves_the_jpeg_wire_only_with_an_image_that_has_opencv(tools):
+    stock = {"triton.gpu.enabled": "false"}
+    objects = render(sets=stock)
+    triton = one(objects, "Deployment", "-triton")
+    assert loaded(objects) == DEFAULT_MODELS  # the python decoder would never load: no OpenCV
+    assert prepared(triton) == prepared_models(triton) and synced(triton) == synced_models(triton)
+    notes = " ".join(render_notes(sets=stock).split())
+    assert "needs OpenCV" in notes and "Clients stay on raw pixels" in notes
+    with_opencv = {**stock, "jpegWire.cpuImageHasOpenCV": "true"}
+    objects = render(sets=with_opencv)
+    # The python/OpenCV decoder: config.pbtxt, like every other companion.
+    assert prepared_companions(one(objects, "Deployment", "-triton")) == jpeg_wire(DEFAULT_MODELS, "")
+    assert loaded(objects) == DEFAULT_MODELS + [c["name"] for c in jpeg_wire(DEFAULT_MODELS, "")]
+    assert "Clients stay on raw pixels" not in render_notes(sets=with_opencv)
+
+
+def test_a_model_without_a_wire_folder_opts_out_and_companions_are_not_models(tools, tmp_path):
+    models = [
+        {"name": "shelf_segmenter", "version": 3},
+        {"name": "engagement_classifier", "version": 1, "jpegWire": False},
+    ]
+    objects = render([models_file(tmp_path, models)])
+    assert loaded(objects) == [
+        "shelf_segmenter",
+        "engagement_classifier",
+        "jpeg_decoder",
+        "mask_encoder",
+        "shelf_segmenter_jpeg",
+    ]
+    # No model wants its wire: the shared steps have nothing to serve either.
+    alone = render([models_file(tmp_path, [dict(models[1])])])
+    assert loaded(alone) == ["engagement_classifier"]
+    # A companion listed as a model would be synced and loaded twice.
+    with pytest.raises(RenderError, match="jpeg_decoder is a JPEG-wire companion"):
+        render([models_file(tmp_path, [models[0], {"name": "jpeg_decoder", "version": 1}])])
 
 
 def test_triton_runs_explicit_model_control_with_a_locked_repository_api(objects):

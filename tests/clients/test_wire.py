@@ -3,6 +3,7 @@ companions' configs (discover keeps them out of the models) and the nvJPEG varia
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import shutil
@@ -260,6 +261,55 @@ def test_the_gpu_decoder_is_dali_with_the_cpu_decoders_tensors():
     assert schema.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert list(schema.input) == list(read_model_config(REPOSITORY / "jpeg_decoder" / "config.pbtxt").input)
     assert schema.parameters["task"].string_value == CODEC_TASK
+
+
+def call_keywords(tree: ast.AST, function: str) -> list[dict[str, object]]:
+    """The literal keyword arguments of every call to ``function`` (``fn.X`` or a bare name)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if callee == function:
+                found.append({k.arg: _literal(k.value) for k in node.keywords})
+    return found
+
+
+def _literal(node: ast.expr) -> object:
+    """A constant's value, ``types.UINT8`` as "types.UINT8", a module constant's name as itself."""
+    if isinstance(node, ast.Attribute):
+        return f"{ast.unparse(node.value)}.{node.attr}"
+    return ast.literal_eval(node) if isinstance(node, ast.Constant) else ast.unparse(node)
+
+
+def test_the_dali_pipeline_the_backend_autoserializes_fits_the_gpu_config():
+    """1/dali.py, read as source (DALI does not install here): the DALI backend serializes it at
+    load, feeds each config input to the external_source of that name and maps the pipeline's
+    outputs to the config's outputs by position."""
+    source = (REPOSITORY / "jpeg_decoder" / "1" / "dali.py").read_text()
+    tree = ast.parse(source)
+    gpu = read_model_config(REPOSITORY / "jpeg_decoder" / "configs" / "gpu.pbtxt")
+    assert gpu.default_model_filename == "dali.py"
+    (pipeline,) = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    # autoserialize must wrap a pipeline_def, so it is the outer decorator.
+    decorators = [ast.unparse(d).split("(")[0] for d in pipeline.decorator_list]
+    assert decorators == ["autoserialize", "pipeline_def"]
+    constants = {
+        target.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    (definition,) = call_keywords(pipeline, "pipeline_def")
+    assert constants[definition["batch_size"]] == gpu.max_batch_size
+    sources = call_keywords(pipeline, "external_source")
+    assert [s["name"] for s in sources] == [tensor.name for tensor in gpu.input] == ["jpeg"]
+    assert sources[0]["dtype"] == "types.UINT8" and sources[0]["device"] == "cpu"
+    (decode,) = call_keywords(pipeline, "image")
+    assert decode == {"device": "mixed", "output_type": "types.RGB"}
+    (returned,) = [node for node in ast.walk(pipeline) if isinstance(node, ast.Return)]
+    assert isinstance(returned.value, ast.Call)  # one output, as the config has one: "images"
+    assert [tensor.name for tensor in gpu.output] == ["images"]
 
 
 def test_every_wire_config_names_its_model_and_runs_the_newest_version():

@@ -86,6 +86,11 @@ def test_a_video_job_with_reuse_infers_keyframes_only_and_says_so(tmp_path, trit
         assert job["frames_done"] == shelf_video.frames
         assert 0 < job["engine_calls"] <= shelf_video.frames / 3
         assert {"motion", "propagate"} <= set(job["stage_seconds"])
+        metrics = client.get("/metrics").text  # reuse's own stages are timed per model, like the others
+        for stage in ("motion", "propagate"):
+            series = f'prodseg_gateway_stage_seconds_count{{model="{MODEL}",stage="{stage}"}} '
+            (line,) = [line for line in metrics.splitlines() if line.startswith(series)]
+            assert 0 < float(line.removeprefix(series)) <= shelf_video.frames
         masks = tmp_path / "masks.zip"
         masks.write_bytes(client.get(job["artifacts"]["masks.zip"]).content)
         assert sum(1 for _ in read_mask_archive(masks)) == shelf_video.frames  # one mask per frame

@@ -5,7 +5,10 @@ standard library only: the image has no protobuf).
         JSON is the chart's ``models`` list as rendered:
         ``[{"name": "shelf_segmenter", "version": 1, "configName": "gpu", "tensorrt": true}, ...]``;
         an entry may add ``"versions": [1, 2]`` (every version it serves, e.g. both sides of an A/B
-        test; ``version`` must be one of them). For each model:
+        test; ``version`` must be one of them). With the chart's jpegWire on, the JPEG wire's
+        companions follow the models as entries of the same shape at version 1 (``jpeg_decoder``
+        with configName ``gpu`` on the GPU pool: the DALI decoder; ``mask_encoder`` and the
+        ``<model>_jpeg`` ensembles on their config.pbtxt), prepared like any model. For each model:
         1. Pins ``version_policy`` to its versions in config.pbtxt and configs/*.pbtxt: the pod holds
            only the versions its Deployment names, whatever the store's config says (``prodseg
            promote`` may already point it at a newer one; ``helm rollback`` may ask for an older one).

@@ -157,6 +157,43 @@ for every model with an abTest. Checks what the schema cannot: percents sum to 1
 {{- toJson $tests }}
 {{- end }}
 
+{{/* Non-empty when the Triton pods serve the JPEG wire: jpegWire.enabled, and on the CPU pool only
+with an image that has OpenCV (the python decoder's; the stock NGC image has none). */}}
+{{- define "prodsegmenter.jpegWireServed" -}}
+{{- if and .Values.jpegWire.enabled (or .Values.triton.gpu.enabled .Values.jpegWire.cpuImageHasOpenCV) }}true{{ end }}
+{{- end }}
+
+{{/* The JPEG wire's companions (clients/wire.py), as a JSON list in the shape of
+prodsegmenter.models' entries, to sync, prepare and load after the models: jpeg_decoder (the GPU
+pool's configs/gpu.pbtxt, DALI; the CPU pool's config.pbtxt, OpenCV), mask_encoder, then
+<model>_jpeg for each model whose `jpegWire` is not false. Each serves version 1, the only one
+companions have. Empty when prodsegmenter.jpegWireServed is, or when no model wants its wire.
+Refuses a model named like a companion (it would be synced and loaded twice). */}}
+{{- define "prodsegmenter.jpegWireModels" -}}
+{{- $companions := list }}
+{{- if include "prodsegmenter.jpegWireServed" . }}
+{{- $wires := list }}
+{{- range .Values.models }}
+{{- if ternary .jpegWire true (hasKey . "jpegWire") }}
+{{- $wires = append $wires (printf "%s_jpeg" .name) }}
+{{- end }}
+{{- end }}
+{{- /* The two steps serve the ensembles only: no ensemble, no steps. */}}
+{{- $names := ternary (concat (list "jpeg_decoder" "mask_encoder") $wires) (list) (gt (len $wires) 0) }}
+{{- range .Values.models }}
+{{- if has .name $names }}
+{{- fail (printf "models: %s is a JPEG-wire companion, which jpegWire.enabled loads beside the models; remove it from models" .name) }}
+{{- end }}
+{{- end }}
+{{- $decoderConfig := ternary "gpu" "" .Values.triton.gpu.enabled }}
+{{- range $names }}
+{{- $configName := ternary $decoderConfig "" (eq . "jpeg_decoder") }}
+{{- $companions = append $companions (dict "name" . "version" 1 "versions" (list 1) "configName" $configName "tensorrt" false) }}
+{{- end }}
+{{- end }}
+{{- toJson $companions }}
+{{- end }}
+
 {{/* "name=version name=v1,v2" for files/model-store.sh (MODELS). Args: a list of models. */}}
 {{- define "prodsegmenter.modelStoreList" -}}
 {{- $pairs := list }}

@@ -7,9 +7,11 @@
 - temporal reuse (``benchmarks/temporal_bench.py``): engine calls and mIoU with reuse on and off, on
   the demo video and on a faster pan;
 - cameras per replica: the Locust camera scenario (``loadtest.run``) on one embedded replica, as today
-  (raw frames, every frame inferred) and with the wire and reuse together, at the demo's pan speed and
-  at the fast pan's; a step of N cameras is sustained when the slowest cameras (p5) get 95% of 30 FPS
-  and fewer than 1% of frames are dropped.
+  (raw frames, every frame inferred) and with the wire and reuse together, at the demo's pan speed,
+  a fast pan's and a slow one's. N cameras count when they run at 30 FPS with <= 1% of frames
+  dropped and none failed (the issue's target); the stricter figure also wants the slowest
+  camera-seconds (p5) at 95% of 30 FPS. Each run says how many cores the stack and the load
+  generator (same machine) took.
 
 Writes ``scale.json`` and ``scale.md`` and sets ``scale`` in ``suite.json`` when it exists (the rest of
 the suite is left as its last run wrote it).
@@ -51,7 +53,8 @@ def cameras_per_replica(work: Path, step_seconds: float) -> dict:
         report = json.loads((out / "report.json").read_text())
         results[name] = {
             "options": options,
-            "cameras_at_30fps": report["users_sustained_at_target"],
+            "cameras_at_30fps": report["users_within_drop_budget"],
+            "cameras_at_30fps_p5": report["users_sustained_at_target"],
             "steps": report["steps"],
             "cpu": report.get("cpu"),  # the load generator shares the machine's cores with the stack
             "wire": report.get("wire"),
@@ -145,8 +148,17 @@ def write(result: dict, out: Path) -> None:
         f"{s['cameras_at_30fps']} (fast pan {s['cameras_at_30fps_fast_pan']}, slow pan "
         f"{s['cameras_at_30fps_slow_pan']}) | | >= 6 |",
         "",
-        "Cameras: p5 FPS per camera >= 95% of 30 and drops < 1% (loadtest.run); one run per scenario.",
+        "Cameras (loadtest.run, one run per scenario, the load generator on the same 2 cores):",
+        "",
+        "| scenario | cameras at 30 FPS, <= 1% dropped | and p5 >= 28.5 | stack cores | load gen. cores |",
+        "|---|---|---|---|---|",
     ]
+    for name, camera in result["cameras"].items():
+        cpu = camera.get("cpu") or {}
+        lines.append(
+            f"| {name} | {camera['cameras_at_30fps']} | {camera['cameras_at_30fps_p5']} | "
+            f"{cpu.get('stack_cores')} | {cpu.get('loadgen_cores')} |"
+        )
     (out / "scale.md").write_text("\n".join(lines) + "\n")
 
 

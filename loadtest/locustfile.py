@@ -24,7 +24,7 @@ grpc_gevent.init_gevent()  # before any gRPC channel exists, or gRPC blocks the 
 import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
-from locust import HttpUser, LoadTestShape, User, events, task  # noqa: E402
+from locust import HttpUser, LoadTestShape, User, constant_pacing, events, task  # noqa: E402
 from locust.runners import LOCUST_STATE_STOPPING  # noqa: E402
 
 from clients.contract import ModelContract  # noqa: E402
@@ -81,6 +81,12 @@ def _options(parser) -> None:
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--upload-video", default="", help="video for UploadUser")
     parser.add_argument("--upload-users", type=int, default=1)
+    parser.add_argument(
+        "--upload-every-s",
+        type=float,
+        default=0.0,
+        help="each upload user starts a job every N s (or right after a longer one); 0: back to back",
+    )
     parser.add_argument("--report", default="out/loadtest/locust_report.json")
 
 
@@ -105,6 +111,8 @@ def _init(environment, **_) -> None:
     options = environment.parsed_options
     CONTRACT = ModelContract.load(options.model)
     UploadUser.fixed_count = options.upload_users
+    if options.upload_every_s > 0:  # a steady trickle of uploads rather than a flood
+        UploadUser.wait_time = constant_pacing(options.upload_every_s)
     FRAMES.extend(_frames(options.camera_frames, options.camera_pan))
     WIRE = Wire(options.camera_wire)
     if WIRE == Wire.JPEG:

@@ -30,6 +30,7 @@ from loadtest.run import add_camera_options, camera_arguments
 
 LOCUSTFILE = Path(__file__).with_name("rollout_locustfile.py")
 CAMERA_REQUEST = "grpc"  # the request type camera frames report (locustfile.CameraUser)
+CARRIED_FRAME = "reuse"  # frames temporal reuse answered from their keyframe: no request
 
 
 def scratch_repository(destination: Path, model: str, source: Path | None = None) -> tuple[int, int]:
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=2, help="requests in flight per camera")
     add_camera_options(parser)
     parser.add_argument("--upload-users", type=int, default=1)
+    parser.add_argument(
+        "--upload-every-s", type=float, default=10.0, help="each upload user starts a job every N s"
+    )
     parser.add_argument("--seconds", type=float, default=90.0, help="length of the Locust run")
     parser.add_argument("--rollout-at", type=float, default=30.0, help="seconds into the run")
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds left out at the start")
@@ -150,7 +154,7 @@ def locust_command(
         "--camera-fps", str(args.fps),
         "--camera-window", str(args.window),
         *camera_arguments(args),
-        "--upload-users", str(args.upload_users),
+        "--upload-users", str(args.upload_users), "--upload-every-s", str(args.upload_every_s),
         "--upload-video", str(video),
         "--report", str(args.out / "report.json"),
         "--events-file", str(events_file),
@@ -165,11 +169,14 @@ def locust_command(
 def window_figures(requests: list[list], drops: list[float], start: float, end: float) -> dict:
     """What happened between ``start`` and ``end`` (wall clock): requests by their finishing time."""
     inside = [r for r in requests if start <= r[0] < end]
-    camera = [r for r in inside if r[1] == CAMERA_REQUEST]
-    camera_ok_ms = np.array([r[3] for r in camera if not r[4]])
-    uploads = [r for r in inside if r[1] != CAMERA_REQUEST]
+    carried = [r for r in inside if r[1] == CARRIED_FRAME]
+    sent = [r for r in inside if r[1] != CARRIED_FRAME]
+    camera = [r for r in sent if r[1] == CAMERA_REQUEST]
+    camera_ok_ms = np.array([r[3] for r in camera if not r[4]])  # the server's side: requests only
+    uploads = [r for r in sent if r[1] != CAMERA_REQUEST]
     dropped = sum(1 for t in drops if start <= t < end)
-    offered = len(camera) + dropped
+    camera_frames = len(camera) + len(carried)
+    offered = camera_frames + dropped
 
     def percentile(values: np.ndarray, q: float) -> float | None:
         return round(float(np.percentile(values, q)), 1) if len(values) else None
@@ -177,10 +184,11 @@ def window_figures(requests: list[list], drops: list[float], start: float, end: 
     jobs = np.array([r[3] for r in uploads if r[2] == "video job to completion" and not r[4]])
     return {
         "seconds": round(end - start, 1),
-        "requests": len(inside),
-        "failures": sum(1 for r in inside if r[4]),
-        "camera_frames": len(camera),
-        "camera_fps_total": round(len(camera) / (end - start), 2) if end > start else None,
+        "requests": len(sent),
+        "failures": sum(1 for r in inside if r[4]),  # a carried frame fails with its keyframe
+        "camera_frames": camera_frames,
+        "camera_frames_inferred": len(camera),
+        "camera_fps_total": round(camera_frames / (end - start), 2) if end > start else None,
         "dropped_frames": dropped,
         "drop_rate": round(dropped / offered, 4) if offered else None,
         "camera_latency_ms_p50": percentile(camera_ok_ms, 50),
@@ -230,6 +238,7 @@ def summarise(recorded: dict, report, measured_from: float, args, server, old: i
             "camera_fps": args.fps,
             "camera_window": args.window,
             "upload_users": args.upload_users,
+            "upload_every_s": args.upload_every_s,
             "upload_video_frames": 60,
             "run_seconds": args.seconds,
             "rollout_at_s": args.rollout_at,

@@ -1,7 +1,7 @@
-"""The load of ``python -m loadtest.soak``: the usual camera and upload users (``locustfile.py``),
-uploads paced to a steady trickle, and cumulative counters appended to ``--progress-file`` every
-``--progress-seconds`` (one JSON line each), so the soak can plot request rates and errors over time and
-still has figures if Locust dies half-way."""
+"""The load of ``python -m loadtest.soak``: the usual camera and upload users (``locustfile.py``;
+the soak paces uploads with its ``--upload-every-s``), and cumulative counters appended to
+``--progress-file`` every ``--progress-seconds`` (one JSON line each), so the soak can plot request
+rates and errors over time and still has figures if Locust dies half-way."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import gevent
-from locust import constant_pacing, events
+from locust import events
 
 # Locust runs the user and shape classes it finds in this module: the project's own.
 from loadtest.locustfile import RECORDER, CameraUser, StepShape, UploadUser  # noqa: F401
@@ -52,14 +52,6 @@ COUNTERS = Counters()
 def _options(parser) -> None:
     parser.add_argument("--progress-file", default="out/soak/progress.jsonl")
     parser.add_argument("--progress-seconds", type=float, default=2.0)
-    parser.add_argument("--upload-every-s", type=float, default=20.0, help="one upload started every N s")
-
-
-@events.init.add_listener
-def _pace_uploads(environment, **_) -> None:
-    # A trickle, not a flood: each upload user starts a job every --upload-every-s (or right after the
-    # previous one when a job takes longer).
-    UploadUser.wait_time = constant_pacing(environment.parsed_options.upload_every_s)
 
 
 @events.request.add_listener

@@ -112,12 +112,14 @@ class RunRecorder:
             self._sampler.kill(block=False)
         steps = [step.summary(self.step_seconds) for step in self.steps]
         sustained = [s["users"] for s in steps if _sustains(s, camera_fps)]
+        within_budget = [s["users"] for s in steps if _within_drop_budget(s)]
         return {
             "camera_fps_target": camera_fps,
             "camera_window": camera_window,
             "step_seconds": self.step_seconds,
             "steps": steps,
             "users_sustained_at_target": max(sustained, default=0),
+            "users_within_drop_budget": max(within_budget, default=0),
             "triton": triton,
             "errors": _errors_by_name(self.environment),
         }
@@ -131,6 +133,13 @@ def _sustains(step: dict, target_fps: float) -> bool:
         and (step["drop_rate"] or 0) < 0.01
         and step["failed"] == 0
     )
+
+
+def _within_drop_budget(step: dict) -> bool:
+    """The load-test target as issues state it: cameras at their FPS with <= 1% of frames dropped and
+    none failed. Looser than ``_sustains``: a second in which a camera's frames arrive late (carried
+    frames wait for their keyframe) counts against p5, not here."""
+    return step["drop_rate"] is not None and step["drop_rate"] <= 0.01 and step["failed"] == 0
 
 
 def _errors_by_name(environment) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from loadtest.rollout import summarise, window_figures
+from loadtest.rollout import parse_args, summarise, window_figures
 
 
 def frame(at: float, latency_ms: float, error: str = "") -> list:
@@ -28,12 +28,22 @@ def test_each_window_counts_only_what_finished_inside_it():
     assert during["camera_latency_ms_p95"] == 900.0  # failed frames have no latency to count
 
 
+def test_frames_carried_by_temporal_reuse_are_camera_frames_but_not_requests():
+    carried = [[1.0 + i / 10, "reuse", "frame carried from its keyframe", 30.0, ""] for i in range(7)]
+    requests = [frame(1.05, 80.0)] + carried
+    figures = window_figures(requests, [1.9], 1.0, 2.0)
+    assert figures["requests"] == 1 and figures["camera_frames_inferred"] == 1
+    assert figures["camera_frames"] == 8 and figures["camera_fps_total"] == 8.0
+    assert figures["drop_rate"] == round(1 / 9, 4)
+    assert figures["camera_latency_ms_p95"] == 80.0  # the server's latency: requests only
+
+
 def test_the_summary_compares_drops_during_the_rollout_with_the_rate_before():
     requests = [frame(t / 10, 100.0) for t in range(0, 300)]  # 0 .. 29.9 s
     report = SimpleNamespace(
         started_at=10.0, seconds=10.0, ok=True, serving={"a": [2]}, to_dict=lambda: {"ok": True}
     )
-    args = SimpleNamespace(cameras=1, fps=10, window=2, upload_users=0, seconds=30, rollout_at=10, warmup=0)
+    args = parse_args("--cameras 1 --fps 10 --upload-users 0 --seconds 30 --rollout-at 10 --warmup 0".split())
     server = SimpleNamespace(http_url="127.0.0.1:1")  # nobody listens: the version is left out
 
     calm = summarise({"requests": requests, "drops": [15.0]}, report, 0.0, args, server, 1, 2)

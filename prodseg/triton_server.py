@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from clients.contract import default_repository
 from clients.repository import discover, versions
@@ -31,6 +34,10 @@ from prodseg.processes import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Each python-backend stub gets a shared-memory region named on its command line. Triton unlinks them
+# when it stops cleanly; a server that was killed leaves them in /dev/shm (RAM) for good.
+SHM_DIRECTORY = Path("/dev/shm")
+SHM_REGION = re.compile(r"triton_python_backend_shm_region_[0-9a-f-]+")
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class TritonServer:
     process: subprocess.Popen | None = field(default=None, init=False)
     refused: dict[str, str] = field(default_factory=dict, init=False)
     companions: tuple[str, ...] = field(default=(), init=False)  # helpers loaded beside the models
+    shm_regions: set[str] = field(default_factory=set, init=False)  # its stubs' regions in /dev/shm
 
     @property
     def http_url(self) -> str:
@@ -168,6 +176,7 @@ class TritonServer:
             return all(ready(model) for model in self.models)
 
         wait_until_ready(self.process, models_ready, self.startup_timeout_s, "tritonserver", self.log_tail)
+        self._note_shm_regions()
         # Startup loads finish before the server answers, so a companion not ready now failed to load
         # (e.g. no OpenCV in the stub's environment): the models serve raw, and serve reports it.
         for name in [name for name in self.companions if not ready(name)]:
@@ -180,9 +189,25 @@ class TritonServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the server's process group, then SIGKILL whatever is left after ``timeout_s``."""
+        """SIGTERM the server's process group, then SIGKILL whatever is left after ``timeout_s``; then
+        remove its stubs' shared memory, which only a clean exit removes itself."""
         if self.process is not None:
+            self._note_shm_regions()  # stubs of models loaded since start (a rollout's new version)
             stop_process_group(self.process, timeout_s)
+            for name in self.shm_regions:
+                (SHM_DIRECTORY / name).unlink(missing_ok=True)
+
+    def _note_shm_regions(self) -> None:
+        try:
+            server = psutil.Process(self.process.pid)
+            processes = [server, *server.children(recursive=True)]
+        except psutil.NoSuchProcess:  # killed: the regions noted at start are what is left to remove
+            return
+        for process in processes:
+            try:
+                self.shm_regions.update(SHM_REGION.findall(" ".join(process.cmdline())))
+            except psutil.Error:
+                continue
 
     def __enter__(self) -> TritonServer:
         return self.start()

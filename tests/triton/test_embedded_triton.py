@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -106,6 +107,21 @@ def test_server_is_bound_to_loopback_and_stops_by_pid(tmp_path):
     assert server.process.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the python stubs in its process group are gone too
+
+
+def test_a_killed_server_leaves_no_shared_memory_behind(tmp_path):
+    from prodseg.triton_server import SHM_DIRECTORY
+
+    server = TritonServer(models=("returns_classifier",), jpeg_wire=False, log_path=tmp_path / "triton.log")
+    server.start()
+    try:
+        regions = [SHM_DIRECTORY / name for name in server.shm_regions]
+        assert len(regions) == 2 and all(region.exists() for region in regions)  # one per instance
+        server.process.send_signal(signal.SIGKILL)  # no chance for Triton to unlink them
+        server.process.wait()
+    finally:
+        server.stop()
+    assert not [region for region in regions if region.exists()]
 
 
 def test_a_broken_model_is_refused_by_name_and_field_and_the_others_load(tmp_path):

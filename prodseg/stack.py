@@ -114,7 +114,11 @@ class EmbeddedStack:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop both at once, bounded: SIGTERM, then SIGKILL whatever is left after ``timeout_s``."""
         running = [p.process for p in (self.gateway, self.triton) if p is not None and p.process is not None]
+        if self.triton is not None:
+            self.triton.note_shared_memory()
         stop_process_groups(running, timeout_s)
+        if self.triton is not None:
+            self.triton.remove_shared_memory()
 
     def supervise(
         self,

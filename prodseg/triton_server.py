@@ -176,7 +176,7 @@ class TritonServer:
             return all(ready(model) for model in self.models)
 
         wait_until_ready(self.process, models_ready, self.startup_timeout_s, "tritonserver", self.log_tail)
-        self._note_shm_regions()
+        self.note_shared_memory()
         # Startup loads finish before the server answers, so a companion not ready now failed to load
         # (e.g. no OpenCV in the stub's environment): the models serve raw, and serve reports it.
         for name in [name for name in self.companions if not ready(name)]:
@@ -192,12 +192,20 @@ class TritonServer:
         """SIGTERM the server's process group, then SIGKILL whatever is left after ``timeout_s``; then
         remove its stubs' shared memory, which only a clean exit removes itself."""
         if self.process is not None:
-            self._note_shm_regions()  # stubs of models loaded since start (a rollout's new version)
+            self.note_shared_memory()  # stubs of models loaded since start (a rollout's new version)
             stop_process_group(self.process, timeout_s)
-            for name in self.shm_regions:
-                (SHM_DIRECTORY / name).unlink(missing_ok=True)
+            self.remove_shared_memory()
 
-    def _note_shm_regions(self) -> None:
+    def remove_shared_memory(self) -> None:
+        """Once the server is gone: unlink what its stubs left in /dev/shm (nothing after a clean exit)."""
+        for name in self.shm_regions:
+            (SHM_DIRECTORY / name).unlink(missing_ok=True)
+        self.shm_regions.clear()
+
+    def note_shared_memory(self) -> None:
+        """Remember the shared-memory regions of the server's running stubs (named on their command lines)."""
+        if self.process is None:
+            return
         try:
             server = psutil.Process(self.process.pid)
             processes = [server, *server.children(recursive=True)]

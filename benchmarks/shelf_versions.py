@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.temporal_bench import SEED, VIDEOS  # the same two generated pans
 from clients.atomic import write_text
 from clients.contract import ModelContract
 from clients.evaluation import ConfusionMatrix
@@ -32,8 +33,6 @@ from prodseg.engine import load_engine, measure_fps
 
 MODEL = "shelf_segmenter"
 RESULTS = Path(__file__).parent / "results" / "shelf_versions.json"
-VIDEOS = {"demo": 6.0, "fast": 16.0}  # pixels per frame, as benchmarks/temporal_bench.py
-SEED = 7
 
 
 def measure_versions(versions: list[int], repeats: int = 3, num_frames: int = 300) -> dict:

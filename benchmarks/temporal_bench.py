@@ -8,8 +8,10 @@ frame) and a faster one (16 px per frame). Each goes through the real video job
 and once per reuse setting (``clients.temporal``); per run: engine calls (frames Triton ran on),
 calls saved (every-frame calls / reuse calls), mIoU against the ground truth and its loss against
 every-frame inference in the same run. A live stream propagates forwards only: the same keyframe
-logic (``LiveReuse``) is measured frame by frame on the same videos. The two motion models are timed
-and checked on the same frame pairs (how often a ground-truth mask warped by the estimate matches).
+logic (``LiveReuse``) is measured frame by frame on the same videos, forwards only at several
+tolerances and with a lookahead (a result may wait that many frames for the next keyframe, which
+fills what came into view). The two motion models are timed and checked on the same frame pairs (how
+often a ground-truth mask warped by the estimate matches).
 
 ``measure_temporal(triton_url, work)`` returns the dict (``temporal_calls_saved`` and
 ``temporal_miou_loss`` are the default setting's, the worse of the two videos); the main writes
@@ -53,6 +55,9 @@ VIDEOS = {"demo": 6.0, "fast": 16.0}  # pixels per frame of the pan
 SEED = 7
 MAX_INTERVALS = (4, DEFAULT_MAX_INTERVAL, 16, 30)  # the curve, at tolerance 1
 LIVE_TOLERANCES = (1.0, 1.5, 2.0, 3.0)  # the live curve, at the default max_interval
+# Frames a live result may wait for the next keyframe, at tolerance 1; max_interval is raised to
+# lookahead + 1 where the default would cap it.
+LIVE_LOOKAHEADS = (2, 4, DEFAULT_MAX_INTERVAL - 1, 11)
 TARGET_CALLS_SAVED, TARGET_MIOU_LOSS = 3.0, 0.01
 IN_FLIGHT = 3
 
@@ -84,7 +89,11 @@ def measure_temporal(triton_url: str, work: Path, num_frames: int = 300) -> dict
             _live(triton_url, contract, video, truth, ReuseSettings("auto", tolerance=tolerance))
             for tolerance in LIVE_TOLERANCES
         ]
-        for run in live_curve:
+        live_lookahead = [
+            _live(triton_url, contract, video, truth, live_lookahead_settings(lookahead))
+            for lookahead in LIVE_LOOKAHEADS
+        ]
+        for run in live_curve + live_lookahead:
             run["calls_saved"] = round(num_frames / run["engine_calls"], 3)
             run["miou_loss"] = round(every["miou"] - run["miou"], 4)
         live = next(run for run in live_curve if run["settings"] == default.to_dict())
@@ -95,6 +104,7 @@ def measure_temporal(triton_url: str, work: Path, num_frames: int = 300) -> dict
             "reuse": runs,
             "live_forward_only": live,
             "live_curve": live_curve,
+            "live_lookahead": live_lookahead,
             "motion_models": _motion_models(video, truth, default.max_interval),
         }
     at_default = [next(r for r in v["reuse"] if r["settings"] == default.to_dict()) for v in videos.values()]
@@ -111,6 +121,11 @@ def measure_temporal(triton_url: str, work: Path, num_frames: int = 300) -> dict
         },
         "videos": videos,
     }
+
+
+def live_lookahead_settings(lookahead: int) -> ReuseSettings:
+    """Reuse for a live stream whose results may wait ``lookahead`` frames (max_interval follows)."""
+    return ReuseSettings("auto", max(DEFAULT_MAX_INTERVAL, lookahead + 1), lookahead=lookahead)
 
 
 def _warm_up(triton_url: str, contract: ModelContract) -> None:
@@ -145,16 +160,20 @@ def _job(triton_url: str, contract: ModelContract, video: Path, truth: Path, out
 
 
 def _live(triton_url: str, contract: ModelContract, video: Path, truth: Path, reuse: ReuseSettings) -> dict:
-    """Forwards only, frame by frame: each keyframe's result is awaited before the next frame (no drops)."""
+    """A live stream frame by frame: each keyframe's result is awaited before the next frame (no drops);
+    carried frames wait for their keyframe (with a lookahead, for the next one too)."""
 
     async def run():
         live = LiveReuse(reuse)
-        masks = []
+        results = []
         async with TritonModelClient(triton_url, contract) as client:
             for frame in frames(video):
                 plan = await live.plan(frame)
-                result = await live.result(plan, lambda frame=frame: client.predict_image(frame))
-                masks.append(result.mask)
+                results.append(live.result(plan, lambda frame=frame: client.predict_image(frame)))
+                if plan.keyframe:
+                    await results[-1]
+            live.close()
+            masks = [result.mask for result in await asyncio.gather(*results)]
         return masks, live.stats.to_dict()
 
     masks, stats = asyncio.run(run())
@@ -241,11 +260,21 @@ def plot(result: dict, path: Path) -> None:
         )  # fmt: skip
         for r in live:
             axis.annotate(f"t{r['settings']['tolerance']:g}", (r["calls_saved"], r["miou"]), fontsize=7)
+        ahead = sorted(video.get("live_lookahead") or [], key=lambda r: r["calls_saved"])
+        axis.plot(
+            [r["calls_saved"] for r in ahead], [r["miou"] for r in ahead], "^-.", color=colour,
+            label=f"{name}: live with lookahead",
+        )  # fmt: skip
+        for r in ahead:
+            axis.annotate(f"L{r['settings']['lookahead']}", (r["calls_saved"], r["miou"]), fontsize=7)
         band = video["every_frame"]["miou"] - TARGET_MIOU_LOSS
         axis.axhline(band, color=colour, linestyle=":", linewidth=1)
     axis.axvline(TARGET_CALLS_SAVED, color="grey", linestyle="--", linewidth=1)
     axis.set_xscale("log")
-    axis.set_xlabel("engine calls saved (every-frame / reuse calls); labels: max_interval, t: live tolerance")
+    axis.set_xlabel(
+        "engine calls saved (every-frame / reuse calls); labels: max_interval, t: live tolerance, "
+        "L: live lookahead"
+    )
     axis.set_ylabel("mIoU vs ground truth")
     axis.set_title("Temporal reuse: calls saved vs mIoU (dotted: every-frame mIoU - 0.01)")
     axis.legend(fontsize=8)

@@ -7,7 +7,10 @@ on. Results come back in frame order with their latency.
 
 With temporal reuse (``reuse``, ``clients.temporal.LiveReuse``) only keyframes are sent; the frames
 between get their keyframe's result carried along the camera's motion. Such a frame costs no Triton
-call, so it is never dropped for a full window: only keyframes count against it.
+call, so it is never dropped for a full window: only keyframes count against it. With a
+``lookahead`` (frames), such a result also waits for the next keyframe, which fills what came into
+view: fewer keyframes for the same quality, results up to ``lookahead`` frame intervals late (the
+latencies say so).
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ async def stream_live(
             task.add_done_callback(engine_requests.discard)
             in_flight.append((frame, task, arrived))
             await asyncio.sleep(0)  # let the request start before the next frame's tick
+        if temporal is not None:
+            temporal.close()  # frames waiting for a next keyframe get their result now
         while in_flight:
             await finish_oldest()
     finally:

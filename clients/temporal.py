@@ -19,7 +19,9 @@ frame against the current keyframe (thresholds below, each multiplied by ``toler
 Two directions: a live stream (``Direction.LIVE``) only knows the past, so it propagates forwards
 and allows little uncovered area. A video job (``Direction.JOB``) may wait for the next keyframe:
 what came into view since the previous keyframe is filled from the next one (warped backwards),
-so it allows much more motion between keyframes for the same quality.
+so it allows much more motion between keyframes for the same quality. A live stream may buy the
+same with latency: ``lookahead`` N lets a frame's result wait for a keyframe at most N frames later
+(keyframes are then at most N + 1 frames apart), so results arrive up to N frame intervals late.
 
 ``ReuseSettings`` is the option (per request or job); ``KeyframeReuse`` wraps a ``TritonModelClient``
 for video jobs, ``LiveReuse`` serves live streams (``clients.live``, the gateway's live socket).
@@ -83,6 +85,9 @@ class ReuseSettings:
     max_interval: int = DEFAULT_MAX_INTERVAL  # keyframes are at most this many frames apart
     tolerance: float = 1.0  # multiplies the thresholds: < 1 infers more often, > 1 less
     motion: MotionModel = MotionModel.TRANSLATION
+    # Live streams only: frames a result may wait for the next keyframe (0: forwards only, no wait).
+    # A video job always fills from the next keyframe.
+    lookahead: int = 0
 
     def __post_init__(self) -> None:
         for name, kind in (("mode", ReuseMode), ("motion", MotionModel)):
@@ -98,10 +103,14 @@ class ReuseSettings:
             raise ValueError(f"max_interval must be 1..{MAX_INTERVAL_LIMIT}, got {self.max_interval}")
         if not 0 < self.tolerance <= MAX_TOLERANCE:
             raise ValueError(f"tolerance must be > 0 and <= {MAX_TOLERANCE}, got {self.tolerance}")
+        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int):
+            raise ValueError(f"lookahead must be an integer, got {self.lookahead!r}")
+        if not 0 <= self.lookahead < MAX_INTERVAL_LIMIT:
+            raise ValueError(f"lookahead must be 0..{MAX_INTERVAL_LIMIT - 1} frames, got {self.lookahead}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> ReuseSettings:
-        """From text options (a query string): ``reuse``, ``max_interval``, ``tolerance``.
+        """From text options (a query string): ``reuse``, ``max_interval``, ``tolerance``, ``lookahead``.
 
         A ``ValueError`` names the option at fault. The knobs are checked even with reuse off (where
         they do nothing), so a request's options are valid or not whatever its mode."""
@@ -115,7 +124,11 @@ class ReuseSettings:
         except ValueError:
             raise ValueError(f"tolerance must be a number, got {options['tolerance']!r}") from None
         try:
-            return cls(mode, max_interval, tolerance)
+            lookahead = int(options.get("lookahead", 0))
+        except ValueError:
+            raise ValueError(f"lookahead must be an integer, got {options['lookahead']!r}") from None
+        try:
+            return cls(mode, max_interval, tolerance, lookahead=lookahead)
         except ValueError as error:
             raise ValueError(str(error).replace("mode must", "reuse must", 1)) from None
 
@@ -129,7 +142,16 @@ class ReuseSettings:
             "max_interval": self.max_interval,
             "tolerance": self.tolerance,
             "motion": self.motion.value,
+            "lookahead": self.lookahead,
         }
+
+    def for_live(self) -> tuple[ReuseSettings, Direction]:
+        """The settings and thresholds a live stream plans with: forwards only, or with ``lookahead``
+        the job's thresholds and keyframes at most ``lookahead`` + 1 frames apart."""
+        if self.lookahead == 0:
+            return self, Direction.LIVE
+        capped = dataclasses.replace(self, max_interval=min(self.max_interval, self.lookahead + 1))
+        return capped, Direction.JOB
 
 
 REUSE_OFF = ReuseSettings()
@@ -262,6 +284,31 @@ def _lost(scene_change: float) -> Motion:
     return Motion(np.eye(2, 3), 1.0, 1.0, 1.0, scene_change)
 
 
+def composed_backward(follower: Motion, following: Motion, height: int, width: int) -> Motion:
+    """The motion from a later frame back to an earlier one, both measured from the same keyframe:
+    ``follower`` composed with the inverse of ``following``. No new estimate (a live stream pays this
+    per frame); it is as well aligned as the worse of the two it is made of."""
+    to_follower = np.vstack([follower.matrix, [0, 0, 1]])
+    to_following = np.vstack([following.matrix, [0, 0, 1]])
+    matrix = (to_follower @ np.linalg.inv(to_following))[:2]
+    return Motion(
+        matrix,
+        _uncovered_share(matrix, height, width),
+        _displacement(matrix, height, width),
+        max(follower.mismatch, following.mismatch),
+        following.scene_change,
+    )
+
+
+def _uncovered_share(matrix: np.ndarray, height: int, width: int, step: int = 8) -> float:
+    """Share of a ``height`` x ``width`` frame that ``matrix`` leaves uncovered (on a 1/``step`` grid)."""
+    small = np.ones((max(1, height // step), max(1, width // step)), np.uint8)
+    scaled = matrix.copy()
+    scaled[:, 2] /= step
+    seen = cv2.warpAffine(small, scaled, small.shape[::-1], flags=cv2.INTER_NEAREST)
+    return 1.0 - float(seen.mean())
+
+
 # ---- which frames are keyframes --------------------------------------------------------------------
 
 
@@ -388,6 +435,38 @@ def propagate_between(
             np.concatenate([carried.class_id, arriving.class_id[new]]),
         )
     return propagate(previous, forward, height, width)
+
+
+def carry_between(
+    previous: Prediction,
+    follower: Plan,
+    following: Prediction | None,
+    backward: Motion | None,
+    tolerance: float,
+) -> Prediction:
+    """``follower``'s result between two keyframes: ``following`` fills what came into view only where
+    its ``backward`` motion is trustworthy (else the frame is carried forwards only)."""
+    usable = following is not None and backward is not None and backward.mismatch <= MAX_MISMATCH * tolerance
+    return propagate_between(
+        previous,
+        follower.motion,
+        following if usable else None,
+        backward if usable else None,
+        follower.view.height,
+        follower.view.width,
+    )
+
+
+def live_backward(follower: Plan, following: Plan) -> Motion | None:
+    """A live stream's motion from the next keyframe back to ``follower``, from the motions both were
+    planned with (None when they were not measured from the same keyframe, e.g. after a failure)."""
+    if (
+        follower.motion is None
+        or following.motion is None
+        or following.keyframe_index != follower.keyframe_index
+    ):
+        return None
+    return composed_backward(follower.motion, following.motion, follower.view.height, follower.view.width)
 
 
 HOLE = 255  # marks pixels a warped mask does not cover (no model here has 255 classes)
@@ -599,19 +678,16 @@ class KeyframeReuse:
                 timings=keyframe.timings | {"motion": segment.motion_seconds.get(key_plan.index, 0.0)},
             )
         ]
-        height, width = key_plan.view.height, key_plan.view.width
         for follower, backward in zip(
             segment.followers, segment.backward or [None] * len(segment.followers), strict=True
         ):
             started = time.perf_counter()
-            usable = backward is not None and backward.mismatch <= MAX_MISMATCH * self.settings.tolerance
-            prediction = propagate_between(
+            prediction = carry_between(
                 keyframe.prediction,
-                follower.motion,
-                following.prediction if following is not None and usable else None,
-                backward if usable else None,
-                height,
-                width,
+                follower,
+                following.prediction if following is not None else None,
+                backward,
+                self.settings.tolerance,
             )
             seconds = time.perf_counter() - started
             self.stats.propagate_seconds += seconds
@@ -626,23 +702,27 @@ def _timed_plan(planner: KeyframePlanner, frame: np.ndarray) -> tuple[Plan, floa
     return plan, time.perf_counter() - started
 
 
-# ---- live streams: forwards only ---------------------------------------------------------------------
+# ---- live streams: forwards only, or waiting up to ``lookahead`` frames -----------------------------
 
 
 class LiveReuse:
-    """Temporal reuse for one live stream (forwards only: a result is due when its frame arrives).
+    """Temporal reuse for one live stream: a result is due when its frame arrives (forwards only), or
+    with ``settings.lookahead`` up to that many frames later (filled from the next keyframe too).
 
     Per frame: ``plan = await reuse.plan(frame)``; a keyframe is inferred by the caller, who hands the
     request to ``adopt(plan, request)``; any other frame's result is ``await reuse.propagated(plan)``,
-    which waits for its keyframe's result (no engine call). A keyframe that fails is forgotten, so
-    the next frame is inferred.
+    which waits for its keyframe's result (and with lookahead for the next keyframe's; no engine call).
+    A keyframe that fails is forgotten, so the next frame is inferred. With lookahead, ``close()`` at
+    the end of the stream releases the frames still waiting for a next keyframe (carried forwards).
     """
 
     def __init__(self, settings: ReuseSettings) -> None:
         self.settings = settings
-        self.planner = KeyframePlanner(settings, Direction.LIVE)
+        self.planner = KeyframePlanner(*settings.for_live())
         self.stats = ReuseStats()
         self._keyframe: asyncio.Future | None = None  # the current keyframe's result
+        # With lookahead: the next keyframe (its plan and result future), None if the stream ends first.
+        self._following: asyncio.Future | None = None
 
     async def plan(self, frame: np.ndarray) -> Plan:
         plan, seconds = await asyncio.to_thread(_timed_plan, self.planner, frame)
@@ -657,6 +737,9 @@ class LiveReuse:
         self.stats.keyframes += 1
         self.stats.reasons[plan.reason] += 1
         self._keyframe = future
+        self._hand_on((plan, future))
+        if self.settings.lookahead:
+            self._following = asyncio.get_running_loop().create_future()
 
         def forget_if_failed(finished: asyncio.Future) -> None:
             if finished.cancelled() or finished.exception() is not None:
@@ -674,15 +757,32 @@ class LiveReuse:
         self.stats.frames -= 1
 
     def propagated(self, plan: Plan) -> asyncio.Future:
-        """The result of a non-keyframe, once its keyframe's result is in."""
+        """The result of a non-keyframe, once its keyframe's result (and the next one's) is in."""
         if plan.keyframe or self._keyframe is None:
             raise ValueError(f"frame {plan.index} is a keyframe: infer it")
-        return asyncio.ensure_future(self._propagate(plan, self._keyframe))
+        return asyncio.ensure_future(self._propagate(plan, self._keyframe, self._following))
 
-    async def _propagate(self, plan: Plan, keyframe: asyncio.Future) -> FrameResult:
+    def close(self) -> None:
+        """The stream ended: frames waiting for a next keyframe are carried forwards only."""
+        self._hand_on(None)
+
+    def _hand_on(self, following: tuple[Plan, asyncio.Future] | None) -> None:
+        if self._following is not None and not self._following.done():
+            self._following.set_result(following)
+
+    async def _propagate(
+        self, plan: Plan, keyframe: asyncio.Future, following: asyncio.Future | None
+    ) -> FrameResult:
         result: FrameResult = await asyncio.shield(keyframe)
+        next_prediction, backward = None, None
+        if following is not None and (found := await asyncio.shield(following)) is not None:
+            next_plan, next_result = found
+            with contextlib.suppress(Exception):  # the next keyframe failed: forwards only
+                next_prediction = (await asyncio.shield(next_result)).prediction
+            backward = live_backward(plan, next_plan) if next_prediction is not None else None
         started = time.perf_counter()
-        prediction = propagate(result.prediction, plan.motion, plan.view.height, plan.view.width)
+        tolerance = self.settings.tolerance
+        prediction = carry_between(result.prediction, plan, next_prediction, backward, tolerance)
         seconds = time.perf_counter() - started
         self.stats.propagate_seconds += seconds
         return propagated_result(plan, result, {"propagate": seconds}, prediction)

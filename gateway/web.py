@@ -5,7 +5,8 @@ GET /ui/...                    gateway/web/ (HTML, CSS, JS modules, vendored uPl
 GET /ui/config.json            links only the deployment knows: ``PRODSEG_GRAFANA_URL`` (or null)
 WS  /v1/models/{model}/live    the browser sends JPEG frames (binary messages); each answer is the
                                images route's per-task JSON plus ``latency_ms`` (text messages);
-                               ``?reuse=auto`` (``max_interval``, ``tolerance``): temporal reuse
+                               ``?reuse=auto`` (``max_interval``, ``tolerance``): temporal reuse,
+                               forwards only (``lookahead`` is refused: see ``_reuse_option``)
 
 The live socket never queues: the page sends a frame only after the previous answer came back, and
 should a client send faster, frames that arrive while ``MAX_IN_FLIGHT`` frames are being inferred are
@@ -103,9 +104,18 @@ def install_web(
 
 def _reuse_option(websocket: WebSocket) -> ReuseSettings:
     try:
-        return ReuseSettings.from_options(websocket.query_params)
+        settings = ReuseSettings.from_options(websocket.query_params)
     except ValueError as error:
         raise ApiError(422, "invalid_option", str(error)) from error
+    if settings.lookahead:  # its answers would wait for frames the page sends only after them
+        raise ApiError(
+            422,
+            "invalid_option",
+            "lookahead is not offered on the live socket: the page sends each frame after the previous "
+            "answer, so a held answer would wait forever (the SDK's stream_live and `prodseg stream` "
+            "offer it)",
+        )
+    return settings
 
 
 async def _serve_frames(

@@ -2,11 +2,15 @@
 
 A real camera does not wait for the server. When a frame's tick comes and the window is full, the
 frame is dropped and counted: overload shows up as drops and lower achieved FPS, never as an
-unbounded queue of stale frames. Runs on gevent (Locust's concurrency model).
+unbounded queue of stale frames. Runs on gevent (Locust's concurrency model); when the camera's own
+greenlet runs late (the load generator's CPU), frames wait in a small capture buffer as they would in
+a camera, and only those that overflow it are dropped (``dropped_late``).
 
-With temporal reuse (``CameraReuse``, the SDK's ``clients.temporal`` planner, forwards only) only
+With temporal reuse (``CameraReuse``, the SDK's ``clients.temporal`` planner and carrying) only
 keyframes are requests; every other frame is answered by carrying the keyframe's result along the
-camera's motion, on the camera's own CPU, and never waits for the window.
+camera's motion, on the camera's own CPU, and never waits for the window. Forwards only by default;
+with a ``lookahead`` a carried frame also waits for the next keyframe, which fills what came into
+view (as ``clients.temporal.LiveReuse`` does), and its latency includes that wait.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import gevent.pool
 import numpy as np
 
 from clients.results import Prediction
-from clients.temporal import Direction, KeyframePlanner, Plan, ReuseSettings, propagate
+from clients.temporal import KeyframePlanner, Plan, ReuseSettings, carry_between, live_backward
 
 ResultCallback = Callable[[float, Exception | None], None]  # (latency seconds, error)
+# Frames a camera keeps while its sender is busy (V4L2 drivers and OpenCV's capture keep a few);
+# a frame that waited there still goes out, late, and its latency counts from its capture.
+CAPTURE_BUFFER = 2
 
 
 class Reply(NamedTuple):
@@ -44,6 +51,10 @@ class CameraCounters:
     completed: int = 0
     failed: int = 0
     dropped: int = 0
+    # Of the dropped: frames overwritten in the capture buffer while the camera's own greenlet
+    # waited for the CPU (the load generator's doing; the rest found the server's window full).
+    dropped_late: int = 0
+    buffered: int = 0  # frames handled late from the capture buffer (their latency counts from capture)
     latencies_s: list[float] = field(default_factory=list)
     bytes_sent: int = 0  # tensor bytes of completed frames, when ``infer`` reports them
     bytes_received: int = 0
@@ -52,12 +63,16 @@ class CameraCounters:
 
 class CameraReuse:
     """Temporal reuse for one camera: plans each frame against the current keyframe, carries the
-    keyframe's result to the frames it still serves (waiting for it if it is in flight)."""
+    keyframe's result to the frames it still serves (waiting for it if it is in flight, and with a
+    lookahead for the next keyframe's too)."""
 
     def __init__(self, settings: ReuseSettings, views: Sequence[np.ndarray]) -> None:
-        self.planner = KeyframePlanner(settings, Direction.LIVE)
+        self.settings = settings
+        self.planner = KeyframePlanner(*settings.for_live())
         self.views = views  # the camera's RGB frames, index-aligned with the payloads it sends
         self._keyframe: gevent.event.AsyncResult | None = None
+        # With lookahead: set to (plan, result) of the next keyframe, or None when the stream ends first.
+        self._following: gevent.event.AsyncResult | None = None
 
     def plan(self, index: int) -> Plan:
         return self.planner.plan(self.views[index % len(self.views)])
@@ -68,15 +83,44 @@ class CameraReuse:
     def sending(self, plan: Plan) -> gevent.event.AsyncResult:
         """``plan``'s frame goes to the engine: the frames after it are carried from its result."""
         self.planner.adopt(plan)
-        self._keyframe = gevent.event.AsyncResult()
-        return self._keyframe
+        keyframe = gevent.event.AsyncResult()
+        self._hand_on((plan, keyframe))
+        self._keyframe = keyframe
+        self._following = gevent.event.AsyncResult() if self.settings.lookahead else None
+        return keyframe
 
     def failed(self, plan: Plan) -> None:
         self.planner.forget(plan.index)  # the next frame becomes a keyframe
 
-    def carry(self, plan: Plan) -> Prediction:
-        keyframe = self._keyframe.get()  # raises the keyframe's error if it failed
-        return propagate(keyframe, plan.motion, plan.view.height, plan.view.width)
+    def close(self) -> None:
+        """The camera stops: frames waiting for a next keyframe are carried forwards only."""
+        self._hand_on(None)
+
+    def carrier(self, plan: Plan) -> Callable[[], Prediction]:
+        """``plan``'s result to come, bound to the keyframe(s) current now (call it in a greenlet)."""
+        keyframe, following = self._keyframe, self._following
+        return lambda: self._carry(plan, keyframe, following)
+
+    def _hand_on(self, following: tuple[Plan, gevent.event.AsyncResult] | None) -> None:
+        if self._following is not None and not self._following.ready():
+            self._following.set(following)
+
+    def _carry(
+        self,
+        plan: Plan,
+        keyframe: gevent.event.AsyncResult,
+        following: gevent.event.AsyncResult | None,
+    ) -> Prediction:
+        previous = keyframe.get()  # raises the keyframe's error if it failed
+        next_prediction = backward = None
+        if following is not None and (found := following.get()) is not None:
+            next_plan, next_result = found
+            try:
+                next_prediction = next_result.get()
+            except Exception:  # the next keyframe failed: forwards only
+                next_prediction = None
+            backward = live_backward(plan, next_plan) if next_prediction is not None else None
+        return carry_between(previous, plan, next_prediction, backward, self.settings.tolerance)
 
 
 class CameraStream:
@@ -113,28 +157,44 @@ class CameraStream:
                 if now < next_tick:
                     gevent.sleep(next_tick - now)
                     continue
-                # Ticks that passed while this greenlet was starved are frames the camera produced
-                # and nobody sent: they are drops too.
-                missed = int((now - next_tick) / interval)
-                for _ in range(missed):
+                # Every tick that came is a frame. While this greenlet waited for the CPU, a real
+                # camera's capture buffer kept the last CAPTURE_BUFFER frames; older ones were
+                # overwritten: drops, counted as late (the client's doing, not the server's).
+                ticks = int((now - next_tick) / interval) + 1
+                overwritten = max(0, ticks - 1 - CAPTURE_BUFFER)
+                self.counters.dropped_late += overwritten
+                self.counters.buffered += ticks - 1 - overwritten
+                for _ in range(overwritten):
                     self._drop()
-                next_tick += (missed + 1) * interval
-                index, produced = produced, produced + 1
-                plan = self.reuse.plan(index) if self.reuse is not None else None
-                if plan is not None and self.reuse.can_carry(plan):
-                    self._carried.spawn(self._carry, plan)
-                elif self._in_flight.full():
-                    self._drop()
-                else:
-                    self.counters.sent += 1
-                    keyframe = self.reuse.sending(plan) if plan is not None else None
-                    self._in_flight.spawn(self._send, self.frames[index % len(self.frames)], plan, keyframe)
+                for tick in range(overwritten, ticks):
+                    self._produce(produced + tick, next_tick + tick * interval, interval)
+                produced += ticks
+                next_tick += ticks * interval
             self._in_flight.join()
+            if self.reuse is not None:
+                self.reuse.close()  # carried frames waiting for a next keyframe get their result now
             self._carried.join()
         finally:
             self._in_flight.kill(block=False)
             self._carried.kill(block=False)
         return self.counters
+
+    def _produce(self, index: int, captured: float, interval: float) -> None:
+        """Frame ``index``, captured at ``captured`` (monotonic): carried, sent, or dropped."""
+        plan = self.reuse.plan(index) if self.reuse is not None else None
+        if plan is not None and self.reuse.can_carry(plan):
+            # With a lookahead each frame is shown a fixed delay after its capture (a player
+            # buffering that many frames): carried frames are warped then, one per tick, not all
+            # at once when their next keyframe's result arrives.
+            due = captured + self.reuse.settings.lookahead * interval
+            self._carried.spawn(self._carry, self.reuse.carrier(plan), captured, due)
+        elif self._in_flight.full():
+            self._drop()
+        else:
+            self.counters.sent += 1
+            keyframe = self.reuse.sending(plan) if plan is not None else None
+            frame = self.frames[index % len(self.frames)]
+            self._in_flight.spawn(self._send, frame, captured, plan, keyframe)
 
     def _drop(self) -> None:
         self.counters.dropped += 1
@@ -142,9 +202,12 @@ class CameraStream:
             self.on_drop()
 
     def _send(
-        self, frame: np.ndarray, plan: Plan | None = None, keyframe: gevent.event.AsyncResult | None = None
+        self,
+        frame: np.ndarray,
+        captured: float,
+        plan: Plan | None = None,
+        keyframe: gevent.event.AsyncResult | None = None,
     ) -> None:
-        started = time.perf_counter()
         error: Exception | None = None
         try:
             reply = self.infer(frame)
@@ -160,19 +223,19 @@ class CameraStream:
             if keyframe is not None:
                 self.reuse.failed(plan)
                 keyframe.set_exception(caught)
-        self._finish(time.perf_counter() - started, error)
+        self._finish(time.monotonic() - captured, error)
 
-    def _carry(self, plan: Plan) -> None:
-        started = time.perf_counter()
+    def _carry(self, carry: Callable[[], Prediction], captured: float, due: float) -> None:
         error: Exception | None = None
         try:
-            self.reuse.carry(plan)
+            gevent.sleep(max(0.0, due - time.monotonic()))
+            carry()
             self.counters.completed += 1
             self.counters.propagated += 1
         except Exception as caught:  # its keyframe failed: so does this frame
             error = caught
             self.counters.failed += 1
-        self._finish(time.perf_counter() - started, error, self.on_carried)
+        self._finish(time.monotonic() - captured, error, self.on_carried)
 
     def _finish(self, latency: float, error: Exception | None, report: ResultCallback | None = None) -> None:
         if error is None:

@@ -14,6 +14,7 @@ latency percentiles, and Triton's queue/compute time per request from its /metri
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,11 +22,19 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()  # before any gRPC channel exists, or gRPC blocks the gevent loop
 
+import cv2  # noqa: E402
 import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, constant_pacing, events, task  # noqa: E402
 from locust.runners import LOCUST_STATE_STOPPING  # noqa: E402
+
+# All cameras share this one process (greenlets): OpenCV's own thread pool would only add wake-ups
+# and contend with the stack for the machine's cores.
+cv2.setNumThreads(1)
+# gRPC's blocking calls run on gevent's thread pool: hand the GIL back to the cameras' loop sooner
+# than Python's default 5 ms, or a camera's tick waits for it and its frame counts as dropped.
+sys.setswitchinterval(0.0005)
 
 from clients.contract import ModelContract  # noqa: E402
 from clients.results import Segmentation, predictions_from_outputs  # noqa: E402
@@ -71,6 +80,12 @@ def _options(parser) -> None:
     )
     parser.add_argument("--camera-max-interval", type=int, default=DEFAULT_MAX_INTERVAL)
     parser.add_argument(
+        "--camera-lookahead",
+        type=int,
+        default=0,
+        help="with reuse: frames a carried result may wait for the next keyframe (0: forwards only)",
+    )
+    parser.add_argument(
         "--camera-pan",
         type=float,
         default=40.0,
@@ -102,7 +117,8 @@ FRAMES: list[np.ndarray] = []
 # (encoded once at start: a camera's own encoder costs the load generator nothing).
 PAYLOADS: list[np.ndarray] = []
 WIRE = Wire.RAW
-TRAFFIC = {"frames": 0, "propagated": 0, "bytes_sent": 0, "bytes_received": 0}  # stopped cameras, summed
+TRAFFIC_COUNTS = ("frames", "propagated", "dropped_late", "buffered", "bytes_sent", "bytes_received")
+TRAFFIC = dict.fromkeys(TRAFFIC_COUNTS, 0)  # stopped cameras' counters, summed
 
 
 @events.init.add_listener
@@ -152,7 +168,12 @@ def _stop(environment, **_) -> None:
         # With temporal reuse only keyframes are requests: bytes per frame count every frame served.
         "reuse": options.camera_reuse,
         "max_interval": options.camera_max_interval if options.camera_reuse != ReuseMode.OFF else None,
+        "lookahead": options.camera_lookahead if options.camera_reuse != ReuseMode.OFF else None,
         "propagated_frames": TRAFFIC["propagated"],
+        # Whole run: frames the cameras' capture buffers overflowed with while the load generator's
+        # greenlets waited for the CPU (counted as dropped), and frames sent late from them.
+        "dropped_late_frames": TRAFFIC["dropped_late"],
+        "buffered_frames": TRAFFIC["buffered"],
         "camera_pan_px_per_frame": options.camera_pan,
         "camera_loop_frames": options.camera_frames,
         "bytes_sent_per_frame": TRAFFIC["bytes_sent"] / frames,
@@ -173,7 +194,11 @@ class CameraUser(User):
         self.client = grpcclient.InferenceServerClient(
             grpc_target(options.triton_grpc), channel_args=CHANNEL_ARGS if several else None
         )
-        settings = ReuseSettings(ReuseMode(options.camera_reuse), max_interval=options.camera_max_interval)
+        settings = ReuseSettings(
+            ReuseMode(options.camera_reuse),
+            max_interval=options.camera_max_interval,
+            lookahead=options.camera_lookahead,
+        )
         self.camera = CameraStream(
             self._infer,
             PAYLOADS,
@@ -231,6 +256,8 @@ class CameraUser(User):
         counters = self.camera.counters
         TRAFFIC["frames"] += counters.completed
         TRAFFIC["propagated"] += counters.propagated
+        TRAFFIC["dropped_late"] += counters.dropped_late
+        TRAFFIC["buffered"] += counters.buffered
         TRAFFIC["bytes_sent"] += counters.bytes_sent
         TRAFFIC["bytes_received"] += counters.bytes_received
         self.client.close()  # an open channel makes Locust hang at exit

@@ -59,13 +59,24 @@ ToleranceFlag = Annotated[
 ]
 
 
-def reuse_settings(reuse: str, max_interval: int | None, tolerance: float | None):
+LookaheadFlag = Annotated[
+    int | None,
+    typer.Option(
+        help="with --reuse auto: a frame's result may wait this many frames for the next keyframe, "
+        "which fills what came into view (fewer keyframes; results that many frames late)",
+    ),
+]
+
+
+def reuse_settings(
+    reuse: str, max_interval: int | None, tolerance: float | None, lookahead: int | None = None
+):
     """The ``ReuseSettings`` of the flags, or exit 2 saying what is wrong."""
     from clients.temporal import ReuseSettings
 
-    if reuse == "off" and (max_interval is not None or tolerance is not None):
-        raise fail("--max-interval and --tolerance apply only with --reuse auto")
-    knobs = {"max_interval": max_interval, "tolerance": tolerance}
+    if reuse == "off" and (max_interval is not None or tolerance is not None or lookahead is not None):
+        raise fail("--max-interval, --tolerance and --lookahead apply only with --reuse auto")
+    knobs = {"max_interval": max_interval, "tolerance": tolerance, "lookahead": lookahead}
     try:  # the gateway's query options, checked by the one parser
         return ReuseSettings.from_options(
             {"reuse": reuse} | {name: str(value) for name, value in knobs.items() if value is not None}
@@ -220,6 +231,7 @@ def stream(
     reuse: ReuseFlag = "off",
     max_interval: MaxIntervalFlag = None,
     tolerance: ToleranceFlag = None,
+    lookahead: LookaheadFlag = None,
     wire: Annotated[
         str,
         typer.Option(
@@ -238,7 +250,7 @@ def stream(
     from clients.wire import DEFAULT_JPEG_QUALITY, Wire
     from prodseg.stream import run_stream
 
-    temporal = reuse_settings(reuse, max_interval, tolerance)
+    temporal = reuse_settings(reuse, max_interval, tolerance, lookahead)
     if wire not in {w.value for w in Wire}:
         raise fail(f"--wire must be one of {', '.join(w.value for w in Wire)}, got {wire!r}")
     found = discover()

@@ -25,6 +25,7 @@ from clients.temporal import (
     MotionEstimator,
     MotionModel,
     ReuseSettings,
+    composed_backward,
     covered,
     propagate,
     propagate_between,
@@ -125,6 +126,18 @@ def test_boxes_move_with_the_frame_and_leave_it_and_a_label_is_carried():
     assert propagate(label, motion, HEIGHT, WIDTH) is label
 
 
+def test_the_motion_back_from_a_later_frame_is_composed_from_both_frames_motions():
+    scenes = pan(9, 6.0)
+    views = [FrameView.of(scene.image) for scene in scenes]
+    estimator = MotionEstimator()
+    follower, following = estimator.estimate(views[0], views[3]), estimator.estimate(views[0], views[8])
+    composed = composed_backward(follower, following, HEIGHT, WIDTH)
+    direct = estimator.estimate(views[8], views[3])
+    np.testing.assert_allclose(composed.matrix, direct.matrix, atol=0.5)
+    assert composed.uncovered == pytest.approx(direct.uncovered, abs=0.03)
+    assert composed.mismatch == max(follower.mismatch, following.mismatch)
+
+
 def test_what_came_into_view_is_filled_from_the_next_keyframe():
     scenes = pan(9, 8.0)
     before, middle, after = scenes[0], scenes[4], scenes[8]
@@ -208,6 +221,9 @@ def test_fast_motion_calls_for_keyframes_sooner_live_than_in_a_job():
         ({"mode": "auto", "max_interval": 2.5}, "max_interval"),
         ({"mode": "auto", "tolerance": 0}, "tolerance"),
         ({"mode": "auto", "motion": "perspective"}, "motion"),
+        ({"mode": "auto", "lookahead": -1}, "lookahead"),
+        ({"mode": "auto", "lookahead": MAX_INTERVAL_LIMIT}, "lookahead"),
+        ({"mode": "auto", "lookahead": 1.5}, "lookahead"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(values, field):
@@ -222,6 +238,7 @@ def test_bad_settings_are_refused_naming_the_field(values, field):
         ({"reuse": "auto", "max_interval": "many"}, "max_interval"),
         ({"reuse": "auto", "tolerance": "-1"}, "tolerance"),
         ({"tolerance": "9"}, "tolerance"),  # checked even with reuse off
+        ({"reuse": "auto", "lookahead": "soon"}, "lookahead"),
     ],
 )
 def test_bad_text_options_are_refused_naming_the_option(options, field):
@@ -232,6 +249,7 @@ def test_bad_text_options_are_refused_naming_the_option(options, field):
 def test_text_options_give_the_settings():
     settings = ReuseSettings.from_options({"reuse": "auto", "max_interval": "5", "tolerance": "1.5"})
     assert settings == ReuseSettings("auto", 5, 1.5) and settings.enabled
+    assert ReuseSettings.from_options({"reuse": "auto", "lookahead": "4"}).lookahead == 4
     assert not ReuseSettings.from_options({}).enabled
     assert not ReuseSettings.from_options({"max_interval": "4"}).enabled  # a knob alone does nothing
 
@@ -321,6 +339,71 @@ def test_live_reuse_propagates_from_the_keyframe_and_forgets_a_failed_one():
     assert after_failure.keyframe  # the failed keyframe is forgotten: infer again
 
 
+async def answer_with(mask: np.ndarray, index: int = 0) -> FrameResult:
+    return FrameResult(index, Segmentation(mask))
+
+
+async def live_with_ground_truth(settings: ReuseSettings, scenes) -> tuple[list[FrameResult], LiveReuse]:
+    """Each frame planned as it arrives; keyframes answered with their true mask; results in order."""
+    reuse = LiveReuse(settings)
+    results = []
+    for scene in scenes:
+        plan = await reuse.plan(scene.image)
+        if plan.keyframe:
+            results.append(reuse.adopt(plan, answer_with(scene.mask, plan.index)))
+            await results[-1]
+        else:
+            results.append(reuse.propagated(plan))
+    reuse.close()
+    return list(await asyncio.gather(*results)), reuse
+
+
+def agreement(results: list[FrameResult], scenes) -> float:
+    return float(np.mean([(r.mask == s.mask).mean() for r, s in zip(results, scenes, strict=True)]))
+
+
+def test_live_lookahead_fills_what_came_into_view_from_the_next_keyframe_with_fewer_keyframes():
+    scenes = pan(21, 12.0)  # 3.75 % of the frame comes into view per frame
+
+    forwards, forwards_reuse = asyncio.run(live_with_ground_truth(AUTO, scenes))
+    ahead, ahead_reuse = asyncio.run(live_with_ground_truth(ReuseSettings("auto", lookahead=4), scenes))
+
+    keyframes = [r.frame_index for r in ahead if r.source == "inferred"]
+    assert keyframes[0] == 0 and max(np.diff(keyframes)) <= 5  # at most lookahead + 1 apart
+    assert ahead_reuse.stats.keyframes < forwards_reuse.stats.keyframes
+    assert [r.frame_index for r in ahead] == list(range(len(scenes)))
+    # What came into view since the keyframe is taken from the next one, not guessed from the edge.
+    assert agreement(ahead, scenes) > max(0.985, agreement(forwards, scenes))
+
+
+def test_a_live_lookahead_result_waits_for_the_next_keyframe_and_close_releases_the_last():
+    scenes = pan(8, 4.0)
+
+    async def run():
+        reuse = LiveReuse(ReuseSettings("auto", max_interval=3, lookahead=2))  # keyframes 0, 3, 6
+        first = await reuse.plan(scenes[0].image)
+        await reuse.adopt(first, answer_with(scenes[0].mask))
+        waiting = reuse.propagated(await reuse.plan(scenes[1].image))
+        await asyncio.sleep(0.05)
+        held = not waiting.done()  # its keyframe's result is in, the next keyframe's is not
+        plans = [await reuse.plan(scene.image) for scene in scenes[2:4]]
+        assert not plans[0].keyframe and plans[1].keyframe
+        reuse.propagated(plans[0])
+        await reuse.adopt(plans[1], answer_with(scenes[3].mask))
+        released = await asyncio.wait_for(waiting, timeout=5)
+        last = reuse.propagated(await reuse.plan(scenes[4].image))
+        await asyncio.sleep(0.05)
+        held_at_end = not last.done()
+        reuse.close()  # the stream ends: carried forwards only
+        return held, released, held_at_end, await asyncio.wait_for(last, timeout=5)
+
+    held, released, held_at_end, last = asyncio.run(run())
+    assert held and held_at_end
+    assert released.source == last.source == "propagated" and released.frame_index == 1
+    assert (released.mask == scenes[1].mask).mean() > 0.99
+    assert last.frame_index == 4
+
+
 # ---- on the real Triton ---------------------------------------------------------------------------------
 
 
@@ -360,7 +443,10 @@ def test_a_video_job_with_reuse_has_every_frame_fewer_engine_calls_and_about_the
 
 
 @pytest.mark.triton
-def test_a_live_stream_with_reuse_answers_every_frame_with_fewer_engine_calls(triton, shelf_video, contract):
+@pytest.mark.parametrize("reuse", [AUTO, ReuseSettings("auto", lookahead=4)], ids=["forwards", "lookahead"])
+def test_a_live_stream_with_reuse_answers_every_frame_with_fewer_engine_calls(
+    triton, shelf_video, contract, reuse
+):
     answered: list[FrameResult] = []
 
     async def run():
@@ -372,7 +458,7 @@ def test_a_live_stream_with_reuse_answers_every_frame_with_fewer_engine_calls(tr
                 window=1,
                 on_result=lambda frame, result, latency: answered.append(result),
                 paced=False,
-                reuse=AUTO,
+                reuse=reuse,
             )
 
     stats = asyncio.run(run())

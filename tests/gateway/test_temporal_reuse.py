@@ -102,14 +102,22 @@ def test_a_video_job_with_reuse_infers_keyframes_only_and_says_so(tmp_path, trit
         assert plain["reuse"]["mode"] == "off" and plain["engine_calls"] == shelf_video.frames
 
 
-def test_a_bad_live_option_is_refused_with_the_json_error_and_a_4422_close(tmp_path):
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("reuse=auto&max_interval=0", "max_interval"),
+        # The page waits for each answer before it sends the next frame: a held answer never comes.
+        ("reuse=auto&lookahead=4", "lookahead"),
+    ],
+)
+def test_a_bad_live_option_is_refused_with_the_json_error_and_a_4422_close(tmp_path, query, named):
     with make_client(tmp_path) as client:
-        with client.websocket_connect(f"/v1/models/{MODEL}/live?reuse=auto&max_interval=0") as socket:
+        with client.websocket_connect(f"/v1/models/{MODEL}/live?{query}") as socket:
             answer = socket.receive_json()
             with pytest.raises(WebSocketDisconnect) as closed:
                 socket.receive_text()
     assert answer["status"] == 422 and answer["error"]["code"] == "invalid_option"
-    assert "max_interval" in answer["error"]["message"]
+    assert named in answer["error"]["message"]
     assert closed.value.code == 4422
 
 

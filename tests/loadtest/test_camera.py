@@ -1,5 +1,7 @@
 """The camera's pacing logic, against a simulated server (a gevent sleep standing in for inference)."""
 
+import time
+
 import gevent
 import numpy as np
 import pytest
@@ -33,6 +35,7 @@ def test_a_slow_server_causes_counted_drops_not_a_queue():
     counters = CameraStream(simulated_server(0.05), FRAMES, fps=50, window=1).run(duration_s=1.0)
     assert 15 <= counters.completed <= 21
     assert counters.dropped >= 25
+    assert counters.dropped - counters.dropped_late >= 20  # the window was full: the server's doing
     assert counters.sent == counters.completed + counters.failed
     assert max(counters.latencies_s) < 0.1  # latency stays one service time: nothing queued up
 
@@ -49,6 +52,25 @@ def test_failures_are_counted_and_reported():
     counters = camera.run(duration_s=0.5)
     assert counters.failed > 0 and counters.completed > 0
     assert sum(error is not None for error in results) == counters.failed
+
+
+def test_frames_that_wait_for_a_late_camera_go_out_from_its_buffer_until_it_overflows():
+    camera = CameraStream(simulated_server(0.001), FRAMES, fps=50, window=4)
+
+    def hog_the_loop():  # the load generator's CPU busy elsewhere: no greenlet runs for 0.2 s
+        gevent.sleep(0.3)
+        busy_until = time.perf_counter() + 0.2
+        while time.perf_counter() < busy_until:
+            pass
+
+    hog = gevent.spawn(hog_the_loop)
+    counters = camera.run(duration_s=1.0)
+    hog.join()
+    # 20 ms ticks: ~10 frames came during the stall; the 2-frame capture buffer kept the last ones.
+    assert counters.dropped_late >= 6
+    assert counters.buffered >= 2  # those went out late, not dropped
+    assert counters.dropped == counters.dropped_late  # the server never filled the window
+    assert max(counters.latencies_s) >= 0.03  # counted from capture, not from sending
 
 
 def test_should_stop_ends_the_stream_after_frames_in_flight():
@@ -105,3 +127,42 @@ def test_frames_carried_from_a_failed_keyframe_fail_and_the_next_frame_is_a_keyf
     assert counters.completed == 0
     assert counters.failed > counters.sent  # the frames waiting on a failed keyframe failed with it
     assert counters.sent >= 2  # after each failed keyframe a new one was sent
+
+
+def test_with_a_lookahead_fewer_keyframes_are_requests_and_carried_frames_match_the_truth():
+    from clients.results import Segmentation
+    from clients.temporal import ReuseMode, ReuseSettings
+    from datagen.shelves import render_pan_frames
+    from loadtest.camera import CameraReuse, Reply
+
+    scenes = list(render_pan_frames(3, 30, 96, 160, pixels_per_frame=6.0))  # 3.75 % new per frame
+    views = [scene.image for scene in scenes]
+    truth = {id(scene.image): scene.mask for scene in scenes}
+
+    def infer(frame):
+        gevent.sleep(0.01)
+        return Reply(100, 10, Segmentation(truth[id(frame)]))
+
+    sent = {}
+    for lookahead in (0, 4):
+        reuse = CameraReuse(ReuseSettings(ReuseMode.AUTO, lookahead=lookahead), views)
+        counters = CameraStream(infer, views, fps=30, window=2, reuse=reuse).run(duration_s=1.0)
+        assert counters.dropped == 0 and counters.failed == 0
+        assert counters.completed == counters.sent + counters.propagated  # every frame answered
+        sent[lookahead] = counters.sent / counters.completed
+    assert sent[4] < sent[0]  # a keyframe at most 5 frames apart instead of every other frame
+
+    # The carried results themselves: what came into view is taken from the next keyframe.
+    reuse = CameraReuse(ReuseSettings(ReuseMode.AUTO, lookahead=4), views)
+    carriers, keyframes = [], []
+    for index in range(12):
+        plan = reuse.plan(index)
+        if plan.keyframe:
+            keyframes.append(index)
+            reuse.sending(plan).set(Segmentation(scenes[index].mask))
+        else:
+            carriers.append((index, gevent.spawn(reuse.carrier(plan))))
+    reuse.close()
+    agreement = [(task.get(timeout=5).mask == scenes[index].mask).mean() for index, task in carriers]
+    assert max(np.diff(keyframes)) <= 5
+    assert min(agreement) > 0.98

@@ -49,6 +49,24 @@ def test_tiny_run_reports_fps_latency_and_tritons_view(tmp_path, triton, gateway
     assert "cameras sustained at 10 FPS" in result.stdout
 
 
+@pytest.mark.triton
+def test_cameras_with_a_lookahead_send_keyframes_only_and_answer_every_frame(tmp_path, triton, gateway):
+    result = loadtest(
+        "--host", gateway.url, "--triton-grpc", triton.grpc_url, "--steps", "1", "--step-seconds", "4",
+        "--fps", "10", "--reuse", "auto", "--lookahead", "4", "--pan", "6", "--loop-frames", "30",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    wire = report["wire"]
+    assert wire["reuse"] == "auto" and wire["lookahead"] == 4
+    (step,) = report["steps"]
+    assert step["failed"] == 0 and step["completed"] > 0
+    # Keyframes at most 5 frames apart: between a sixth and a half of the frames were requests.
+    keyframes = wire["frames"] - wire["propagated_frames"]
+    assert wire["frames"] / 2 >= keyframes >= wire["frames"] / 6
+
+
 def test_a_down_stack_fails_fast_with_the_reason(tmp_path):
     port = free_port()
     result = loadtest(

@@ -29,6 +29,19 @@ def test_bad_reuse_flags_exit_2_naming_the_flag(tmp_path: Path, shelf_video, com
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--reuse", "auto", "--lookahead", "-1"], "lookahead must be 0.."),
+        (["--lookahead", "3"], "only with --reuse auto"),
+    ],
+)
+def test_bad_lookahead_flags_exit_2_naming_the_flag(shelf_video, flags, message):
+    result = prodseg("stream", str(shelf_video.video), "--triton", "127.0.0.1:9", *flags)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
 def test_reuse_on_a_single_image_exits_2(tmp_path: Path):
     image = tmp_path / "in.png"
     image.write_bytes(b"")  # refused before it is read
@@ -48,7 +61,8 @@ def test_predict_a_video_with_reuse_writes_every_frame_and_counts_engine_calls(t
 
 
 @pytest.mark.triton
-def test_stream_with_reuse_reports_engine_calls(tmp_path, triton, shelf_video):
+@pytest.mark.parametrize("lookahead", [[], ["--lookahead", "4"]], ids=["forwards", "lookahead"])
+def test_stream_with_reuse_reports_engine_calls(tmp_path, triton, shelf_video, lookahead):
     result = prodseg(
         "stream",
         str(shelf_video.video),
@@ -60,6 +74,7 @@ def test_stream_with_reuse_reports_engine_calls(tmp_path, triton, shelf_video):
         "auto",
         "--max-interval",
         "5",
+        *lookahead,
     )
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)

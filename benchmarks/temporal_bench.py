@@ -253,26 +253,25 @@ def plot(result: dict, path: Path) -> None:
         )  # fmt: skip
         for r in curve:
             axis.annotate(f"{r['settings']['max_interval']}", (r["calls_saved"], r["miou"]), fontsize=8)
-        live = sorted(video.get("live_curve") or [video["live_forward_only"]], key=lambda r: r["calls_saved"])
-        axis.plot(
-            [r["calls_saved"] for r in live], [r["miou"] for r in live], "s--", color=colour,
-            label=f"{name}: live (forwards only)",
-        )  # fmt: skip
-        for r in live:
-            axis.annotate(f"t{r['settings']['tolerance']:g}", (r["calls_saved"], r["miou"]), fontsize=7)
-        ahead = sorted(video.get("live_lookahead") or [], key=lambda r: r["calls_saved"])
-        axis.plot(
-            [r["calls_saved"] for r in ahead], [r["miou"] for r in ahead], "^-.", color=colour,
-            label=f"{name}: live with lookahead",
-        )  # fmt: skip
-        for r in ahead:
-            axis.annotate(f"L{r['settings']['lookahead']}", (r["calls_saved"], r["miou"]), fontsize=7)
+        forwards = video.get("live_curve") or [video["live_forward_only"]]
+        live_curves = (
+            (forwards, "s--", "forwards only", "t", "tolerance"),
+            (video.get("live_lookahead") or [], "^-.", "with lookahead", "L", "lookahead"),
+        )
+        for runs, style, kind, prefix, knob in live_curves:
+            live = sorted(runs, key=lambda r: r["calls_saved"])
+            axis.plot(
+                [r["calls_saved"] for r in live], [r["miou"] for r in live], style, color=colour,
+                label=f"{name}: live ({kind})",
+            )  # fmt: skip
+            for r in live:
+                axis.annotate(f"{prefix}{r['settings'][knob]:g}", (r["calls_saved"], r["miou"]), fontsize=7)
         band = video["every_frame"]["miou"] - TARGET_MIOU_LOSS
         axis.axhline(band, color=colour, linestyle=":", linewidth=1)
     axis.axvline(TARGET_CALLS_SAVED, color="grey", linestyle="--", linewidth=1)
     axis.set_xscale("log")
     axis.set_xlabel(
-        "engine calls saved (every-frame / reuse calls); labels: max_interval, t: live tolerance, "
+        "engine calls saved (every-frame / reuse calls)\nlabels: max_interval, t: live tolerance, "
         "L: live lookahead"
     )
     axis.set_ylabel("mIoU vs ground truth")

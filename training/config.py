@@ -91,9 +91,10 @@ class TrainSpec:
     """How long and how: ``epochs`` or ``steps`` (one of them), and/or ``time_budget_s``.
 
     An epoch is ``ceil(len(train) / batch_size)`` steps of random crops. With a time budget the
-    cosine schedule is sized after timing the first steps so that it still ends at zero; such a run is
-    not step-for-step reproducible. ``eval_every`` (steps; default: once per epoch) logs validation
-    mIoU; ``checkpoint_every`` (steps) writes a resumable checkpoint.
+    cosine schedule is sized after timing the first steps, and again at every validation (shared
+    cores slow down), so that it still ends at zero; such a run is not step-for-step reproducible.
+    ``eval_every`` (steps; default: once per epoch) logs validation mIoU; ``checkpoint_every``
+    (steps) writes a resumable checkpoint.
     """
 
     epochs: int | None = None

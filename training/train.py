@@ -411,6 +411,8 @@ class _Trainer:
                 )
             if self.step % (spec.eval_every or self.steps_per_epoch) == 0 or last:
                 self._log(rate)
+                if spec.time_budget_s is not None and self.calibrated and not last:
+                    self._calibrate(task)  # again: the machine may have slowed down (or sped up) since
             if checkpoint is not None and (self.step % spec.checkpoint_every == 0 or last):
                 self.save(checkpoint)
             if over_budget:
@@ -457,7 +459,9 @@ class _Trainer:
         return loss.item()
 
     def _calibrate(self, task: Any) -> None:
-        """Size the cosine so it ends where the time budget will: steps that fit in what is left."""
+        """Size the cosine so it ends where the time budget will: steps that fit in what is left, at
+        the run's average time per step so far. Called after the first steps and at every
+        validation, so a run on shared cores that slow down (or pause) still ends its decay at zero."""
         budget = self.config.train.time_budget_s
         assert budget is not None
         per_step = self.train_s / self.step

@@ -231,3 +231,34 @@ def test_a_time_budget_sizes_the_schedule(
     assert summary.stopped_by in ("steps", "time_budget")
     per_step = summary.train_s / summary.steps
     assert summary.train_s <= 1.5 + 2 * per_step
+
+
+def test_a_time_budget_re_sizes_the_schedule_when_steps_slow_down(
+    tiny: PipelineConfig, contract: ModelContract, splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps 10x slower after the first calibration (shared cores): the cosine still ends near zero."""
+    import training.train as trainer
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def perf_counter() -> float:  # each step is timed by two calls: 0.01 s, then 0.1 s from step 12
+        clock["calls"] += 1
+        if clock["calls"] % 2 == 0:
+            clock["now"] += 0.01 if clock["calls"] <= 2 * 12 else 0.1
+        return clock["now"]
+
+    monkeypatch.setattr(trainer, "time", type("Clock", (), {"perf_counter": staticmethod(perf_counter)}))
+
+    def no_gradient_step(self: trainer._Trainer) -> float:  # the schedule advances, nothing else
+        self.optimizer.step()
+        self.schedule.step()
+        return 1.0
+
+    monkeypatch.setattr(trainer._Trainer, "_train_step", no_gradient_step)
+    config = with_train(tiny, steps=None, time_budget_s=2.0, eval_every=5)
+    config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, warmup_steps=2))
+    tracker = RecordingTracker()
+    summary = train(config, contract, splits.train, tracker=tracker).summary
+    # Sized at step 10 for 0.01 s steps (about 200 steps), re-sized at every validation as they slowed.
+    assert 20 <= summary.steps <= 30
+    assert tracker.logged[-1][1]["train/lr"] < 0.15 * config.optimizer.lr

@@ -39,6 +39,9 @@ class Sample:
     image: np.ndarray  # RGB uint8 [H, W, 3]
     label: int
     source: str = ""  # a path, or "<generator>#<index>"
+    # Auxiliary regression targets, known only for procedural data (the engagement generator's
+    # property scores, in the order of generator_aux_names); empty for files.
+    aux: tuple[float, ...] = ()
 
 
 @dataclass
@@ -110,7 +113,9 @@ class ProceduralEngagement(Sequence[Sample]):
         if not 0 <= index < self.count:
             raise IndexError(index)
         item = render_engagement(sample_seed(self.seed, index), self.size, self.size)
-        return Sample(item.image, item.label, f"engagement#{index}")
+        scores = item.properties.scores()
+        aux = tuple(scores[name] for name in generator_aux_names("engagement"))
+        return Sample(item.image, item.label, f"engagement#{index}", aux)
 
 
 def generator_classes(name: str) -> tuple[str, ...]:
@@ -124,6 +129,16 @@ def generator_classes(name: str) -> tuple[str, ...]:
 
         return ENGAGEMENT_CLASSES
     raise DatasetError(f"unknown classification generator {name!r}; known: products, engagement")
+
+
+def generator_aux_names(name: str) -> tuple[str, ...]:
+    """The auxiliary regression targets a procedural generator's samples carry (``Sample.aux``)."""
+    generator_classes(name)  # validates the name
+    if name == "engagement":
+        from datagen.engagement import WEIGHTS
+
+        return tuple(WEIGHTS)  # the labelling rule's property scores, 0..1 each
+    return ()
 
 
 def procedural(name: str, count: int, seed: int, size: int) -> Sequence[Sample]:
@@ -352,13 +367,23 @@ def make_splits(
 
 @dataclass(frozen=True, eq=False)
 class Arrays:
-    """A split held in memory at the model's input size: uint8 [N, H, W, 3] and int64 labels [N]."""
+    """A split held in memory at the model's input size: uint8 [N, H, W, 3], int64 labels [N] and,
+    when every sample has them, float32 auxiliary targets [N, K] (else None)."""
 
     images: np.ndarray
     labels: np.ndarray
+    aux: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+@dataclass(frozen=True, eq=False)
+class Targets:
+    """A batch's targets: int64 labels [B] and the auxiliary targets [B, K] when the data has them."""
+
+    labels: np.ndarray
+    aux: np.ndarray | None = None
 
 
 def to_model_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -371,13 +396,18 @@ def to_model_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def load_arrays(dataset: Sequence[Sample], height: int, width: int, progress: Any = None) -> Arrays:
     images = np.empty((len(dataset), height, width, 3), np.uint8)
     labels = np.empty(len(dataset), np.int64)
+    aux: list[tuple[float, ...]] = []
     for index in range(len(dataset)):
         sample = dataset[index]
         images[index] = to_model_input(sample.image, height, width)
         labels[index] = sample.label
+        aux.append(sample.aux)
         if progress is not None:
             progress(index + 1, len(dataset))
-    return Arrays(images, labels)
+    # Auxiliary targets only when every sample carries the same number of them (procedural data).
+    widths = {len(targets) for targets in aux}
+    aux_array = np.array(aux, np.float32) if len(widths) == 1 and widths != {0} else None
+    return Arrays(images, labels, aux_array)
 
 
 @dataclass(frozen=True)
@@ -401,12 +431,16 @@ class Augment:
 
 def sample_batch(
     data: Arrays, augment: Augment, batch_size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random batch with augmentation; random numbers only for the augmentations that are on."""
+) -> tuple[np.ndarray, Targets]:
+    """A random batch with augmentation; random numbers only for the augmentations that are on.
+
+    The augmentations must keep the auxiliary targets true (engagement's only flips horizontally).
+    """
     from training.tasks import photometric  # the pipeline's one photometric jitter
 
     indices = rng.integers(0, len(data), batch_size)
-    images, labels = data.images[indices].copy(), data.labels[indices].copy()
+    images = data.images[indices].copy()
+    targets = Targets(data.labels[indices].copy(), None if data.aux is None else data.aux[indices].copy())
     height, width = images.shape[1:3]
     min_h, min_w = min(augment.crop[0], height), min(augment.crop[1], width)
     if (min_h, min_w) != (height, width):
@@ -428,4 +462,4 @@ def sample_batch(
         swap = rng.random(batch_size) < augment.transpose
         images[swap] = images[swap].transpose(0, 2, 1, 3)
     photometric(images, augment, rng)  # brightness, contrast, JPEG: pixels only
-    return images, labels
+    return images, targets

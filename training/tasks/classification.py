@@ -5,13 +5,17 @@ maps them onto :class:`training.tasks.TaskAdapter`, so ``prodseg pipeline --conf
 training/configs/returns_classifier.yaml`` runs them through the one pipeline. Config meaning:
 
 - ``model``: ``arch: timm`` and ``encoder``: any timm classification model (random init, or
-  ``encoder_weights``: a local state dict), ``options`` passed to ``timm.create_model``;
+  ``encoder_weights``: a local state dict), ``options`` passed to ``timm.create_model`` except
+  ``coord_channels`` and ``aux_outputs`` (:mod:`training.classification.model`);
 - ``data``: ``kind: procedural`` with ``generator: products | engagement`` (``datagen``), or
   ``kind: folder`` with ``root``: an ImageFolder (``<split>/<class>/`` or ``<class>/``) or a CSV
   file of ``image,label`` (images relative to the CSV's folder);
 - ``augment``: ``crop`` is the smallest random crop resized back to the input (at or above the input
   size: off), ``hflip``, ``vflip``, ``transpose`` (square inputs), and the shared photometric jitter;
-- ``loss``: ``label_smoothing``; ``gate``: ``min_accuracy``, ``min_macro_f1``, ``min_roc_auc``
+- ``loss``: ``label_smoothing``, and ``aux_weight``: the weight of a mean-squared error on the
+  auxiliary targets procedural data knows (the engagement generator's five property scores, 0..1),
+  predicted by a training-only head (``model.options.aux_outputs`` = their number); the exported
+  graph has the class probabilities only. ``gate``: ``min_accuracy``, ``min_macro_f1``, ``min_roc_auc``
   (binary models), ``min_class_f1`` per class name.
 
 Binary models choose their decision threshold on the validation split: the test split this adapter
@@ -41,9 +45,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ClassificationLoss:
-    """The ``loss:`` section: cross-entropy with label smoothing (0 for none)."""
+    """The ``loss:`` section: cross-entropy with label smoothing (0 for none), plus ``aux_weight``
+    times the mean-squared error of the auxiliary head on the data's auxiliary targets (0: none)."""
 
     label_smoothing: float = 0.05
+    aux_weight: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +87,33 @@ class ClassificationAdapter(TaskAdapter):
         generator = getattr(config.data, "generator", None)
         if config.data.kind == "procedural" and generator not in ("products", "engagement"):
             raise config.error("data.generator", f"expected products or engagement, got {generator!r}")
+        self._check_aux(config)
+
+    @staticmethod
+    def _check_aux(config: PipelineConfig) -> None:
+        """``loss.aux_weight`` needs data with auxiliary targets and a head of their number."""
+        weight = config.loss.aux_weight
+        aux_outputs = int(config.model.options.get("aux_outputs", 0))
+        if weight < 0:
+            raise config.error("loss.aux_weight", f"must be >= 0, got {weight}")
+        if weight == 0:
+            if aux_outputs:
+                raise config.error("model.options.aux_outputs", "an auxiliary head needs loss.aux_weight > 0")
+            return
+        names = (
+            classification_data.generator_aux_names(config.data.generator)
+            if config.data.kind == "procedural"
+            else ()
+        )
+        if not names:
+            raise config.error(
+                "loss.aux_weight", "this data has no auxiliary targets (only the engagement generator has)"
+            )
+        if aux_outputs != len(names):
+            raise config.error(
+                "model.options.aux_outputs",
+                f"must be {len(names)} (the auxiliary targets: {', '.join(names)}), got {aux_outputs}",
+            )
 
     def check_contract(self, config: PipelineConfig, contract: ModelContract) -> None:
         names = contract.labels.names
@@ -125,9 +158,17 @@ class ClassificationAdapter(TaskAdapter):
         import torch
 
         cross_entropy = torch.nn.CrossEntropyLoss(label_smoothing=config.loss.label_smoothing)
+        aux_weight = config.loss.aux_weight
 
-        def loss(logits: torch.Tensor, labels: Any) -> torch.Tensor:
-            return cross_entropy(logits, torch.as_tensor(labels, device=device))
+        def loss(outputs: Any, targets: classification_data.Targets) -> torch.Tensor:
+            logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+            total = cross_entropy(logits, torch.as_tensor(targets.labels, device=device))
+            if not aux_weight:
+                return total
+            if aux is None or targets.aux is None:
+                raise ValueError("loss.aux_weight > 0 needs the auxiliary head's output and targets")
+            aux_targets = torch.as_tensor(targets.aux, device=device)
+            return total + aux_weight * torch.nn.functional.mse_loss(aux, aux_targets)
 
         return loss
 

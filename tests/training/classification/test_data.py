@@ -132,17 +132,19 @@ def test_batches_augment_only_when_asked() -> None:
     images = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     data = Arrays(images, np.arange(4))
     # Flips only (engagement): every batch image is a source image, mirrored or not.
-    batch, labels = sample_batch(data, Augment(hflip=0.5), 32, np.random.default_rng(1))
-    for image, label in zip(batch, labels, strict=True):
+    batch, targets = sample_batch(data, Augment(hflip=0.5), 32, np.random.default_rng(1))
+    assert targets.aux is None  # arrays without auxiliary targets
+    for image, label in zip(batch, targets.labels, strict=True):
         assert np.array_equal(image, images[label]) or np.array_equal(image, images[label][:, ::-1])
     # Crops and jitter (returns): same shape and dtype, pixels changed.
     augment = Augment(hflip=0.0, crop=(8, 8), brightness=0.3, contrast=0.3)
-    batch, labels = sample_batch(data, augment, 8, np.random.default_rng(2))
+    batch, targets = sample_batch(data, augment, 8, np.random.default_rng(2))
     assert batch.shape == (8, 16, 16, 3) and batch.dtype == np.uint8
-    assert not all(np.array_equal(image, images[label]) for image, label in zip(batch, labels, strict=True))
+    pairs = zip(batch, targets.labels, strict=True)
+    assert not all(np.array_equal(image, images[label]) for image, label in pairs)
     # Vertical flips and transposes, as the pipeline's augment section allows.
-    batch, labels = sample_batch(
+    batch, targets = sample_batch(
         data, Augment(hflip=0.0, vflip=1.0, transpose=1.0), 4, np.random.default_rng(3)
     )
-    for image, label in zip(batch, labels, strict=True):
+    for image, label in zip(batch, targets.labels, strict=True):
         assert np.array_equal(image, images[label][::-1].transpose(1, 0, 2))

@@ -7,16 +7,27 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from clients.contract import ModelContract
+from datagen.engagement import render_engagement, write_image_folder
+from datagen.products import sample_seed
+from training.classification.data import Augment, Targets, load_arrays, load_image_folder, sample_batch
 from training.classification.evaluate import Floors
-from training.export import engine_predictor, export_onnx, serving_model, torch_predictor
+from training.config import ConfigError, load_config
+from training.export import ServingModel, engine_predictor, export_onnx, serving_model, torch_predictor
 from training.tasks import Check, adapter_for
+from training.train import train
 
-REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
+ROOT = Path(__file__).resolve().parents[3]
+REPOSITORY = ROOT / "model_repository"
+CONFIGS = ROOT / "training" / "configs"
 TINY_NET = SimpleNamespace(encoder="test_efficientnet", options={}, encoder_weights=None)
+AUX_NET = SimpleNamespace(
+    encoder="test_efficientnet", options={"coord_channels": True, "aux_outputs": 5}, encoder_weights=None
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +81,11 @@ def test_splits_batches_and_loss(adapter, contract, tmp_path) -> None:
     augment = SimpleNamespace(
         hflip=0.5, vflip=0.0, transpose=0.0, crop=(64, 64), brightness=0.0, contrast=0.0, jpeg_probability=0.0
     )
-    images, labels = adapter.sample_batch(train, augment, 4, np.random.default_rng(0))
+    images, targets = adapter.sample_batch(train, augment, 4, np.random.default_rng(0))
     assert images.shape == (4, *contract.input_size, 3) and images.dtype == np.uint8
     network = adapter.build_model(TINY_NET, contract)
-    loss = adapter.loss(SimpleNamespace(loss=SimpleNamespace(label_smoothing=0.0)), torch.device("cpu"))
-    assert loss(network(torch.randn(4, 3, *contract.input_size)), labels).ndim == 0
+    loss = adapter.loss(_loss_config(aux_weight=0.0), torch.device("cpu"))
+    assert loss(network(torch.randn(4, 3, *contract.input_size)), targets).ndim == 0
 
 
 def test_binary_evaluation_chooses_the_threshold_on_validation_and_gates(
@@ -115,3 +126,86 @@ def test_a_returns_model_scores_every_class(adapter, tmp_path) -> None:
     assert evaluation.binary is None and evaluation.images == 10
     assert sum(map(sum, evaluation.report["confusion_matrix"])) == 10
     assert adapter.card(evaluation.to_dict()) == {}
+
+
+def _loss_config(aux_weight: float) -> SimpleNamespace:
+    return SimpleNamespace(loss=SimpleNamespace(label_smoothing=0.0, aux_weight=aux_weight))
+
+
+def test_auxiliary_targets_reach_the_loss_but_not_the_serving_graph(adapter, contract, tmp_path) -> None:
+    data = SimpleNamespace(kind="procedural", generator="engagement", seed=0, train=8, val=2, test=2)
+    splits = adapter.build_splits(SimpleNamespace(data=data), contract, tmp_path)
+    train = adapter.load_training_data(splits.train, contract)
+    assert train.aux is not None and train.aux.shape == (8, 5)  # the five property scores
+    first = splits.train[0]
+    assert first.aux == tuple(render_engagement(sample_seed(0, 0), 64, 64).properties.scores().values())
+    augment = SimpleNamespace(
+        hflip=0.5, vflip=0.0, transpose=0.0, crop=(64, 64), brightness=0.0, contrast=0.0, jpeg_probability=0.0
+    )
+    images, targets = adapter.sample_batch(train, augment, 4, np.random.default_rng(0))
+    assert targets.aux is not None and targets.aux.shape == (4, 5) and targets.aux.dtype == np.float32
+
+    torch.manual_seed(0)
+    network = adapter.build_model(AUX_NET, contract).train()
+    logits, aux = ServingModel(network)(torch.from_numpy(images))  # training mode: the aux head too
+    assert logits.shape == (4, 2) and aux.shape == (4, 5)
+    cpu = torch.device("cpu")
+    plain = adapter.loss(_loss_config(0.0), cpu)((logits, aux), targets)
+    weighted = adapter.loss(_loss_config(5.0), cpu)((logits, aux), targets)
+    expected = plain + 5.0 * torch.nn.functional.mse_loss(aux, torch.from_numpy(targets.aux))
+    assert torch.allclose(weighted, expected)
+    weighted.backward()
+    assert network.aux.weight.grad is not None and network.aux.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="auxiliary"):  # the weight without targets is an error
+        adapter.loss(_loss_config(5.0), cpu)(logits, Targets(targets.labels))
+
+    network.eval()  # what is exported: logits only, and the serving graph is the class softmax
+    path = tmp_path / "model.onnx"
+    export_onnx(network, path, contract, adapter)
+    assert [output.name for output in onnx.load(str(path)).graph.output] == ["probabilities"]
+    batch = np.random.default_rng(1).integers(0, 256, (3, *contract.input_size, 3), dtype=np.uint8)
+    reference = torch_predictor(serving_model(network, adapter, contract), contract.output_names)(batch)
+    got = engine_predictor(path, "onnxruntime")(batch)["probabilities"]
+    assert np.abs(got - reference["probabilities"]).max() < 1e-5
+
+
+def test_a_few_training_steps_with_auxiliary_targets(tmp_path) -> None:
+    config = load_config(
+        CONFIGS / "engagement_classifier.yaml",
+        {
+            "train.steps": 3,
+            "train.eval_every": 3,
+            "train.batch_size": 4,
+            "data.train": 8,
+            "data.val": 8,
+            "data.test": 2,
+            "model.options": {"aux_outputs": 5, "coord_channels": True},
+        },
+    )
+    assert config.loss.aux_weight > 0
+    contract = config.contract()
+    splits = config.adapter.build_splits(config, contract, tmp_path)
+    result = train(config, contract, splits.train, splits.val)
+    assert result.summary.steps == 3 and np.isfinite(result.summary.final_loss)
+    logits = result.model(torch.zeros(2, 3, *contract.input_size))  # eval mode: logits only
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 2)
+
+
+def test_auxiliary_loss_needs_data_with_auxiliary_targets_and_a_head() -> None:
+    with pytest.raises(ConfigError, match="loss.aux_weight: this data has no auxiliary targets"):
+        load_config(
+            CONFIGS / "returns_classifier.yaml", {"loss.aux_weight": 1.0, "model.options": {"aux_outputs": 5}}
+        )
+    with pytest.raises(ConfigError, match="model.options.aux_outputs: must be 5"):
+        load_config(CONFIGS / "engagement_classifier.yaml", {"model.options": {}})
+    with pytest.raises(ConfigError, match="needs loss.aux_weight > 0"):
+        load_config(CONFIGS / "engagement_classifier.yaml", {"loss.aux_weight": 0.0})
+
+
+def test_files_carry_no_auxiliary_targets(tmp_path) -> None:
+    paths = write_image_folder(tmp_path / "folder", count=6, seed=0, size=32)
+    files, _ = load_image_folder(tmp_path / "folder", ("low_engagement", "high_engagement"))
+    data = load_arrays(files, 32, 32)
+    assert len(data) == len(paths) and data.aux is None
+    _, targets = sample_batch(data, Augment(), 4, np.random.default_rng(0))
+    assert targets.aux is None and targets.labels.shape == (4,)

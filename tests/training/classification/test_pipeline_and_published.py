@@ -32,6 +32,8 @@ TINY = [
     "export.parity_images=4",
     "model.options={}",
 ]
+# The engagement config's training-only auxiliary head, kept with the tiny network's options.
+TINY_OPTIONS = {"engagement_classifier": ["model.options={aux_outputs: 5}"]}
 
 
 def _scratch_repository(tmp_path: Path, model: str) -> Path:
@@ -51,7 +53,7 @@ def _pipeline(tmp_path: Path, model: str, *overrides: str) -> tuple[subprocess.C
     repository, run_dir = _scratch_repository(tmp_path, model), tmp_path / "run"
     command = [sys.executable, "-m", "prodseg.cli", "pipeline", "--config", str(CONFIGS / f"{model}.yaml")]
     command += ["--run-dir", str(run_dir), "--repository", str(repository)]
-    for override in (*TINY, *overrides):
+    for override in (*TINY, *TINY_OPTIONS.get(model, []), *overrides):
         command += ["--set", override]
     env = {**os.environ, "COLUMNS": "300", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)

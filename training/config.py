@@ -94,7 +94,9 @@ class TrainSpec:
     cosine schedule is sized after timing the first steps, and again at every validation (shared
     cores slow down), so that it still ends at zero; such a run is not step-for-step reproducible.
     ``eval_every`` (steps; default: once per epoch) logs validation mIoU; ``checkpoint_every``
-    (steps) writes a resumable checkpoint.
+    (steps) writes a resumable checkpoint. ``keep_best`` names a validation metric (e.g.
+    ``roc_auc``): the run then ends with the weights of its best validation on it, not the last
+    step's (a run that over-fits late keeps its peak); the test split is never looked at for it.
     """
 
     epochs: int | None = None
@@ -107,6 +109,7 @@ class TrainSpec:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int | None = None
     checkpoint_every: int = 100
+    keep_best: str | None = None
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ def save_weights(checkpoint: Path, path: Path) -> None:
     optimiser and RNG state that only resuming needs: about the size of the ONNX graph."""
     state = read_checkpoint(checkpoint)
     weights = {key: state[key] for key in ("task", "model_spec", "num_classes", "model")}
+    if state.get("best"):  # train.keep_best: the run's result is its best validation's weights
+        weights["model"] = state["best"]["model"]
     with atomic_path(Path(path)) as partial:
         torch.save({"weights_format": WEIGHTS_FORMAT, **weights}, partial)
 
@@ -185,6 +187,8 @@ class TrainSummary:
     # The headline metric on the validation split before the first step, when the run started from
     # initial weights (a warm start): where fine-tuning began.
     initial_val_score: float | None = None
+    # With train.keep_best: the metric, step and score of the validation whose weights the run kept.
+    kept_best: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,8 @@ class _Trainer:
         self.val_score: float | None = None
         self.initial_val_score: float | None = None
         self.resumed_from: int | None = None
+        # With train.keep_best: the best validation so far (step, score, CPU copy of the weights).
+        self.best: dict[str, Any] | None = None
 
     # -- checkpoints
 
@@ -354,6 +360,7 @@ class _Trainer:
             "calibrated": self.calibrated,
             "val_score": self.val_score,
             "initial_val_score": self.initial_val_score,
+            "best": self.best,
         }
         with atomic_path(path) as partial:
             torch.save(state, partial)
@@ -375,6 +382,7 @@ class _Trainer:
         self.ema_loss, self.train_s, self.eval_s = state["ema_loss"], state["train_s"], state["eval_s"]
         self.calibrated, self.val_score = state["calibrated"], state["val_score"]
         self.initial_val_score = state.get("initial_val_score")  # absent in checkpoints of older runs
+        self.best = state.get("best")
 
     # -- the loop
 
@@ -419,6 +427,8 @@ class _Trainer:
                 stopped_by = "time_budget"
                 break
 
+        if self.best is not None:  # train.keep_best: end with the best validation's weights
+            self.net.model.load_state_dict(self.best["model"])
         model = self.net.model.to("cpu", memory_format=torch.contiguous_format).eval()
         steps = max(self.step, 1)
         summary = TrainSummary(
@@ -442,6 +452,7 @@ class _Trainer:
             stopped_by=stopped_by,
             resumed_from_step=self.resumed_from,
             initial_val_score=self.initial_val_score,
+            kept_best=None if self.best is None else {k: self.best[k] for k in ("metric", "step", "score")},
         )
         return TrainResult(model, summary)
 
@@ -482,8 +493,24 @@ class _Trainer:
             scored = self._validate()
             metrics |= scored.metrics("val")
             self.val_score = scored.metrics()[self.adapter.headline]
+            self._keep_if_best(scored.metrics())
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.step)
+
+    def _keep_if_best(self, metrics: dict[str, Any]) -> None:
+        """With train.keep_best: a copy of the weights whenever its validation metric improves."""
+        metric = self.config.train.keep_best
+        if metric is None:
+            return
+        if metrics.get(metric) is None:
+            known = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, int | float)))
+            raise ValueError(f"train.keep_best: the validation has no metric {metric!r} (it has: {known})")
+        score = float(metrics[metric])
+        if self.best is None or score > self.best["score"]:
+            weights = {
+                key: value.detach().to("cpu", copy=True) for key, value in self.net.model.state_dict().items()
+            }
+            self.best = {"metric": metric, "step": self.step, "score": score, "model": weights}
 
     def _validate(self) -> Any:
         """The task's evaluation of the current weights on the validation split (PyTorch, no worst-k)."""

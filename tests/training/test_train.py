@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from clients.contract import ModelContract  # noqa: E402
 from tests.training.helpers import MODEL, make_repository  # noqa: E402
 from training.config import CONFIG_DIR, AugmentSpec, ModelSpec, PipelineConfig, load_config  # noqa: E402
+from training.export import ServingModel, torch_predictor  # noqa: E402
 from training.tasks import DataSplits, adapter_for  # noqa: E402
 from training.tasks.segmentation import InMemoryDataset, sample_batch  # noqa: E402
 from training.train import (  # noqa: E402
@@ -24,6 +25,8 @@ from training.train import (  # noqa: E402
     WarmupCosine,
     load_encoder_weights,
     load_trained_model,
+    read_weights,
+    save_weights,
     train,
 )
 
@@ -262,3 +265,28 @@ def test_a_time_budget_re_sizes_the_schedule_when_steps_slow_down(
     # Sized at step 10 for 0.01 s steps (about 200 steps), re-sized at every validation as they slowed.
     assert 20 <= summary.steps <= 30
     assert tracker.logged[-1][1]["train/lr"] < 0.15 * config.optimizer.lr
+
+
+def test_keep_best_ends_with_the_best_validations_weights(
+    tiny: PipelineConfig, contract: ModelContract, splits: Splits, tmp_path: Path
+) -> None:
+    tracker, checkpoint = RecordingTracker(), tmp_path / "last.pt"
+    config = with_train(tiny, steps=6, eval_every=1, keep_best="miou")
+    result = train(config, contract, splits.train, splits.val, tracker=tracker, checkpoint=checkpoint)
+    scores = [metrics["val/miou"] for _, metrics in tracker.logged]
+    kept = result.summary.kept_best
+    assert kept["metric"] == "miou" and kept["score"] == max(scores)
+    assert kept["step"] == 1 + scores.index(max(scores))
+    # The model it returns and the weights the pipeline publishes score that best validation.
+    validate = lambda model: SEGMENTATION.evaluate(  # noqa: E731
+        torch_predictor(ServingModel(model, SEGMENTATION.serving_head(contract)), contract.output_names),
+        splits.val, contract, "pytorch", worst_k=0, batch_size=4,
+    ).metrics()["miou"]  # fmt: skip
+    assert validate(result.model) == pytest.approx(kept["score"])
+    save_weights(checkpoint, tmp_path / "weights.pt")
+    published = build_model(tiny.model, contract)
+    published.load_state_dict(read_weights(tmp_path / "weights.pt")["model"])
+    assert weights_equal(published, result.model)
+
+    with pytest.raises(ValueError, match="no metric 'auc'"):
+        train(with_train(tiny, steps=1, keep_best="auc"), contract, splits.train, splits.val)

@@ -457,16 +457,26 @@ def carry_between(
     )
 
 
-def live_backward(follower: Plan, following: Plan) -> Motion | None:
-    """A live stream's motion from the next keyframe back to ``follower``, from the motions both were
-    planned with (None when they were not measured from the same keyframe, e.g. after a failure)."""
-    if (
-        follower.motion is None
-        or following.motion is None
-        or following.keyframe_index != follower.keyframe_index
-    ):
-        return None
-    return composed_backward(follower.motion, following.motion, follower.view.height, follower.view.width)
+def carry_live(
+    previous: Prediction, follower: Plan, following: tuple[Plan, Prediction] | None, tolerance: float
+) -> Prediction:
+    """A live stream's carried result: ``previous`` (its keyframe's) moved forwards, and with a
+    lookahead what came into view filled from ``following`` (the next keyframe's plan and
+    prediction). The motion back from it is composed from the motions both frames were planned with
+    (no new estimate); a next keyframe measured from another keyframe (after a failure) is not used."""
+    next_plan, next_prediction = following or (None, None)
+    measured_alike = (
+        next_plan is not None
+        and next_plan.motion is not None
+        and follower.motion is not None
+        and next_plan.keyframe_index == follower.keyframe_index
+    )
+    backward = (
+        composed_backward(follower.motion, next_plan.motion, follower.view.height, follower.view.width)
+        if measured_alike
+        else None
+    )
+    return carry_between(previous, follower, next_prediction, backward, tolerance)
 
 
 HOLE = 255  # marks pixels a warped mask does not cover (no model here has 255 classes)
@@ -774,15 +784,13 @@ class LiveReuse:
         self, plan: Plan, keyframe: asyncio.Future, following: asyncio.Future | None
     ) -> FrameResult:
         result: FrameResult = await asyncio.shield(keyframe)
-        next_prediction, backward = None, None
+        next_keyframe = None
         if following is not None and (found := await asyncio.shield(following)) is not None:
             next_plan, next_result = found
             with contextlib.suppress(Exception):  # the next keyframe failed: forwards only
-                next_prediction = (await asyncio.shield(next_result)).prediction
-            backward = live_backward(plan, next_plan) if next_prediction is not None else None
+                next_keyframe = next_plan, (await asyncio.shield(next_result)).prediction
         started = time.perf_counter()
-        tolerance = self.settings.tolerance
-        prediction = carry_between(result.prediction, plan, next_prediction, backward, tolerance)
+        prediction = carry_live(result.prediction, plan, next_keyframe, self.settings.tolerance)
         seconds = time.perf_counter() - started
         self.stats.propagate_seconds += seconds
         return propagated_result(plan, result, {"propagate": seconds}, prediction)

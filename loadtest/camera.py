@@ -15,6 +15,7 @@ view (as ``clients.temporal.LiveReuse`` does), and its latency includes that wai
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import gevent.pool
 import numpy as np
 
 from clients.results import Prediction
-from clients.temporal import KeyframePlanner, Plan, ReuseSettings, carry_between, live_backward
+from clients.temporal import KeyframePlanner, Plan, ReuseSettings, carry_live
 
 ResultCallback = Callable[[float, Exception | None], None]  # (latency seconds, error)
 # Frames a camera keeps while its sender is busy (V4L2 drivers and OpenCV's capture keep a few);
@@ -112,15 +113,12 @@ class CameraReuse:
         following: gevent.event.AsyncResult | None,
     ) -> Prediction:
         previous = keyframe.get()  # raises the keyframe's error if it failed
-        next_prediction = backward = None
+        next_keyframe = None
         if following is not None and (found := following.get()) is not None:
             next_plan, next_result = found
-            try:
-                next_prediction = next_result.get()
-            except Exception:  # the next keyframe failed: forwards only
-                next_prediction = None
-            backward = live_backward(plan, next_plan) if next_prediction is not None else None
-        return carry_between(previous, plan, next_prediction, backward, self.settings.tolerance)
+            with contextlib.suppress(Exception):  # the next keyframe failed: forwards only
+                next_keyframe = next_plan, next_result.get()
+        return carry_live(previous, plan, next_keyframe, self.settings.tolerance)
 
 
 class CameraStream:

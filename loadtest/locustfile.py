@@ -117,8 +117,9 @@ FRAMES: list[np.ndarray] = []
 # (encoded once at start: a camera's own encoder costs the load generator nothing).
 PAYLOADS: list[np.ndarray] = []
 WIRE = Wire.RAW
-TRAFFIC_COUNTS = ("frames", "propagated", "dropped_late", "buffered", "bytes_sent", "bytes_received")
-TRAFFIC = dict.fromkeys(TRAFFIC_COUNTS, 0)  # stopped cameras' counters, summed
+# Stopped cameras' counters (``CameraCounters`` fields), summed; "frames" is their completed frames.
+TRAFFIC_COUNTERS = ("propagated", "dropped_late", "buffered", "bytes_sent", "bytes_received")
+TRAFFIC = dict.fromkeys(("frames", *TRAFFIC_COUNTERS), 0)
 
 
 @events.init.add_listener
@@ -255,11 +256,8 @@ class CameraUser(User):
         RECORDER.remove_camera(self)
         counters = self.camera.counters
         TRAFFIC["frames"] += counters.completed
-        TRAFFIC["propagated"] += counters.propagated
-        TRAFFIC["dropped_late"] += counters.dropped_late
-        TRAFFIC["buffered"] += counters.buffered
-        TRAFFIC["bytes_sent"] += counters.bytes_sent
-        TRAFFIC["bytes_received"] += counters.bytes_received
+        for name in TRAFFIC_COUNTERS:
+            TRAFFIC[name] += getattr(counters, name)
         self.client.close()  # an open channel makes Locust hang at exit
 
 

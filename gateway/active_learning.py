@@ -478,9 +478,11 @@ class ActiveLearner:
         filename: str,
         job_id: str | None = None,
         frame_index: int | None = None,
+        found_at: float | None = None,
     ) -> ToLabelItem | None:
         """Queue the input if the model's caps allow (blocking: call it in a worker thread).
-        ``data``: the upload's bytes, kept as they are when already a PNG."""
+        ``data``: the upload's bytes, kept as they are when already a PNG; ``found_at``: when the
+        sample was decided (default now), so items queued by racing worker threads keep their order."""
         model = contract.model_name
         with self._lock:
             if self.queue.open_count(model) >= self.settings.queue_cap:
@@ -502,7 +504,7 @@ class ActiveLearner:
             reason=sample.reason,
             score=round(float(sample.score), 5),
             detail=sample.detail,
-            created_at=time.time(),
+            created_at=time.time() if found_at is None else found_at,
             prediction=prediction.summary(contract.labels),
             source=source,
             filename=filename,
@@ -521,10 +523,11 @@ class ActiveLearner:
         is queued by a worker thread. At most one sample per ``video_gap_frames`` frames."""
         previous: Prediction | None = None
         last_sampled = -self.settings.video_gap_frames
+        last_found_at = 0.0
         loop = asyncio.get_running_loop()
 
         def on_result(frame: np.ndarray, result: FrameResult) -> None:
-            nonlocal previous, last_sampled
+            nonlocal previous, last_sampled, last_found_at
             before, previous = previous, result.prediction
             if result.frame_index - last_sampled < self.settings.video_gap_frames:
                 return
@@ -532,6 +535,8 @@ class ActiveLearner:
             if sample is None:
                 return
             last_sampled = result.frame_index
+            # strictly increasing, so the queue lists a video's samples newest frame first
+            last_found_at = max(time.time(), last_found_at + 1e-6)
             loop.run_in_executor(
                 None,
                 self._offer_logged,
@@ -544,15 +549,18 @@ class ActiveLearner:
                 filename,
                 job_id,
                 result.frame_index,
+                last_found_at,
             )
 
         return on_result
 
     def _offer_logged(
-        self, contract, version, sample, prediction, frame, source, filename, job_id, index
+        self, contract, version, sample, prediction, frame, source, filename, job_id, index, found_at
     ) -> None:
         try:
-            self.offer(contract, version, sample, prediction, frame, None, source, filename, job_id, index)
+            self.offer(
+                contract, version, sample, prediction, frame, None, source, filename, job_id, index, found_at
+            )
         except Exception:  # a sample lost must never fail the video job
             log.exception("could not queue frame %s of job %s to label", index, job_id)
 

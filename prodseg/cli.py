@@ -98,6 +98,10 @@ def serve(
     max_restarts: Annotated[
         int, typer.Option(help="restarts of a dead Triton or gateway within 10 minutes before giving up")
     ] = 5,
+    startup_timeout: Annotated[
+        float,
+        typer.Option(min=1, help="seconds Triton (loading every model) or the gateway may take to start"),
+    ] = 120.0,
 ) -> None:
     """Run the embedded stack: Triton (every model) + gateway on 127.0.0.1. Ctrl-C stops both.
 
@@ -114,6 +118,7 @@ def serve(
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
+        startup_timeout_s=startup_timeout,
     )
     # SIGTERM (kubectl, systemd, a test) stops the stack the same way Ctrl-C does, even mid-startup.
     # SIGINT too, explicitly: started in the background by a non-interactive shell (`... &`) a
@@ -123,7 +128,7 @@ def serve(
     stack, exit_code = None, 0
     try:
         with console.status("Starting Triton and the gateway"):
-            stack = EmbeddedStack(triton, gateway_port).start()
+            stack = EmbeddedStack(triton, gateway_port, gateway_startup_timeout_s=startup_timeout).start()
         for name, error in triton.refused.items():
             console.print(f"[red]refused[/red] {name}: {error}")
         console.print(f"Models   {', '.join(triton.models)}")

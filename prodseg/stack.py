@@ -95,6 +95,7 @@ class EmbeddedStack:
     gateway_port: int = 0
     gateway_env: dict[str, str] = field(default_factory=dict)
     gateway_data_dir: Path | None = None  # None: the gateway's default (out/gateway)
+    gateway_startup_timeout_s: float = 120.0
     gateway: GatewayProcess | None = field(default=None, init=False)
 
     def start(self) -> EmbeddedStack:
@@ -105,6 +106,7 @@ class EmbeddedStack:
             )
             if self.gateway_data_dir is not None:
                 gateway.data_dir = self.gateway_data_dir
+            gateway.startup_timeout_s = self.gateway_startup_timeout_s
             self.gateway = gateway.start()
         except BaseException:
             self.triton.stop()
@@ -147,10 +149,16 @@ class EmbeddedStack:
                     raise StartError(
                         f"{name} exited with {code}; {len(deaths)} exits within {window_s:.0f} s: giving up"
                     )
+                if part is self.triton:  # a killed server's stubs leave their regions in /dev/shm
+                    self.triton.remove_shared_memory()
                 log(f"{name} exited with {code}; restarting it in {backoff:.0f} s")
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-                part.start()
+                try:
+                    part.start()
+                except StartError as error:  # stopped again by start(): counted as the next death
+                    log(f"{name} did not come back: {error}")
+                    continue
                 log(f"{name} is back (pid {part.process.pid})")
 
     def __enter__(self) -> EmbeddedStack:

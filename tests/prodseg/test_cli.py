@@ -188,7 +188,7 @@ def test_serve_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def wait_ready(url: str, timeout_s: float) -> None:
+def wait_ready(url: str, timeout_s: float, log: Path | None = None) -> None:
     import time
 
     import httpx
@@ -201,7 +201,8 @@ def wait_ready(url: str, timeout_s: float) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.3)
-    pytest.fail(f"{url} did not become ready")
+    said = f"; the server's output:\n{log.read_text(errors='replace')[-4000:]}" if log else ""
+    pytest.fail(f"{url} did not become ready in {timeout_s:.0f} s{said}")
 
 
 def descendants(pid: int) -> list[int]:
@@ -268,27 +269,33 @@ def test_serve_restarts_a_killed_triton_and_gives_up_after_too_many_deaths(tmp_p
 
     ports = dict(zip(("http", "grpc", "metrics", "gateway"), free_ports(4), strict=True))
     options = [f"--{name}-port={port}" for name, port in ports.items()]
-    command = [sys.executable, "-m", "prodseg.cli", "serve", "--max-restarts", "1", *options]
+    # A restarted Triton loads and warms every model again: on a busy 2-core machine that has taken
+    # over two minutes, so the test allows what a slow node's startup probe would.
+    command = [sys.executable, "-m", "prodseg.cli", "serve", "--max-restarts=1", "--startup-timeout=300"]
     log = tmp_path / "serve.log"
     with open(log, "w") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    children: list[int] = []
+        server = subprocess.Popen([*command, *options], stdout=output, stderr=subprocess.STDOUT)
+    children: set[int] = set()
     try:
-        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 150)
+        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 330, log)
+        children.update(descendants(server.pid))
         triton_pid = find_child(server.pid, "tritonserver")
         os.kill(triton_pid, signal.SIGKILL)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and find_child(server.pid, "tritonserver") in (None, triton_pid):
             time.sleep(0.3)
-        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 150)  # back, without restarting serve
+        children.update(descendants(server.pid))
+        # back, without restarting serve
+        wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 330, log)
         assert "tritonserver exited with -9; restarting" in log.read_text()
         os.kill(find_child(server.pid, "tritonserver"), signal.SIGKILL)  # a second death: over the limit
         assert server.wait(timeout=60) == 1
         assert "giving up" in log.read_text()
-        children = descendants(server.pid)
     finally:
+        children.update(descendants(server.pid))
         server.kill()
-        for pid in children:
+        server.wait()
+        for pid in children:  # never leave the test's own processes behind, even when it fails
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 

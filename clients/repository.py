@@ -133,9 +133,20 @@ def _companion_problem(
         return f"parameter {SERVES_PARAMETER!r} must name a model of the repository"
     problem = check_wire_config(config, contracts[companion.serves])
     missing = {step.model_name for step in config.ensemble_scheduling.step} - codecs - {companion.serves}
-    if not problem and missing:
-        problem = f"its steps {sorted(missing)} are not codec companions of this repository"
-    return problem
+    if problem or missing:
+        return problem or f"its steps {sorted(missing)} are not codec companions of this repository"
+    # A variant (configs/cpu.pbtxt: the wire in one python step) serves the same model the same way.
+    for variant in sorted((model_dir / "configs").glob("*.pbtxt")):
+        other = read_model_config(variant)
+        if _tensors(other) != _tensors(config) or other.name != config.name:
+            return f"configs/{variant.name}: name, inputs or outputs differ from config.pbtxt"
+        if _parameter(other, SERVES_PARAMETER) != companion.serves:
+            return f"configs/{variant.name}: parameter {SERVES_PARAMETER!r} must be {companion.serves!r}"
+    return None
+
+
+def _tensors(config: model_config_pb2.ModelConfig) -> list[tuple[str, int, list[int]]]:
+    return [(t.name, t.data_type, list(t.dims)) for t in (*config.input, *config.output)]
 
 
 def _check_variant(contract: ModelContract, model_dir: Path, variant: Path) -> None:

@@ -6,6 +6,10 @@ about 1/11 and 1/40 of that. The repository serves each image model a second way
 
     jpeg UINT8 [N, L] -> jpeg_decoder -> images -> <model> -> masks -> mask_encoder -> masks_png BYTES [N, 1]
 
+On CPU, each wire's ``configs/cpu.pbtxt`` runs the same three steps in one python model
+(``model_repository/jpeg_wire.py``: the codecs' own code, the model called through BLS): each step
+of the ensemble is a python stub of its own, and a hop through one costs more than the decoding.
+
 Detectors and classifiers skip the mask encoder: their outputs are small and come back as they are.
 ``jpeg_decoder`` and ``mask_encoder`` are shared by every model. None of these is a model users
 call: their configs carry ``task: "codec"`` (the two steps) or ``task: "jpeg_wire"`` with

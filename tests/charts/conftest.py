@@ -24,7 +24,8 @@ def store(tmp_path: Path) -> Path:
     store = tmp_path / "store"
     store.mkdir()
     source = default_repository()
-    shutil.copy2(source / "onnx_runner.py", store / "onnx_runner.py")
+    for shared in ("onnx_runner.py", "jpeg_wire.py"):  # what model.py files link to
+        shutil.copy2(source / shared, store / shared)
     copy_model(MODEL, store / MODEL)
     shutil.copytree(store / MODEL / "1", store / MODEL / "2", symlinks=True)
     shutil.copytree(store / MODEL, store / SECOND, symlinks=True)

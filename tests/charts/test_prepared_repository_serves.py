@@ -120,8 +120,9 @@ def test_the_cpu_pool_with_opencv_serves_a_jpeg_frames_mask_as_the_chart_deploys
     store_with_jpeg_wire, tmp_path, tools
 ):
     """The chart on the CPU pool with jpegWire.cpuImageHasOpenCV (OpenCV is in the stub's environment
-    here): its sync list, prepare list and --load-model list, run as the pod runs them. The python
-    decoder, the model and the PNG encoder then answer a JPEG frame through shelf_segmenter_jpeg."""
+    here): its sync list, prepare list and --load-model list, run as the pod runs them. The wire's
+    one-step CPU variant (decode, the model through BLS, PNG; the codecs' code from the synced
+    folders) then answers a JPEG frame through shelf_segmenter_jpeg."""
     models = [{"name": MODEL, "version": 2}, {"name": SECOND, "version": 1, "jpegWire": False}]
     sets = {
         "triton.gpu.enabled": "false",
@@ -146,6 +147,7 @@ def test_the_cpu_pool_with_opencv_serves_a_jpeg_frames_mask_as_the_chart_deploys
     with server:
         client = triton_http.InferenceServerClient(server.http_url)
         assert client.get_model_config("jpeg_decoder")["backend"] == "python"  # OpenCV, not DALI
+        assert client.get_model_config(wire)["backend"] == "python"  # one step, as the pool is on cpu
         ready = {
             (m["name"], m.get("version"))
             for m in client.get_model_repository_index()

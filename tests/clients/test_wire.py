@@ -229,6 +229,21 @@ def test_a_wire_that_does_not_fit_its_model_is_reported(tmp_path):
     assert "shelf_segmenter" in found.contracts  # the model itself still serves, raw
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "reported"),
+    [
+        ('name: "masks_png"', 'name: "masks"', "configs/cpu.pbtxt: name, inputs or outputs differ"),
+        ('value: "shelf_segmenter" }', 'value: "crack_segmenter" }', "must be 'shelf_segmenter'"),
+    ],
+)
+def test_a_wire_variant_that_serves_another_way_is_reported(tmp_path, old, new, reported):
+    repository = scratch_repository(tmp_path, *CODECS, "shelf_segmenter_jpeg")
+    variant = repository / "shelf_segmenter_jpeg" / "configs" / "cpu.pbtxt"
+    assert old in variant.read_text()
+    variant.write_text(variant.read_text().replace(old, new))
+    assert reported in discover(repository).errors["shelf_segmenter_jpeg"]
+
+
 def test_a_wire_needs_its_codecs_in_the_repository(tmp_path):
     repository = scratch_repository(tmp_path, "jpeg_decoder", "shelf_segmenter_jpeg")
     assert "mask_encoder" in discover(repository).errors["shelf_segmenter_jpeg"]
@@ -323,3 +338,7 @@ def test_every_wire_config_names_its_model_and_runs_the_newest_version():
         assert steps[:2] == ["jpeg_decoder", served] and all(
             step.model_version == -1 for step in config.ensemble_scheduling.step
         )
+        # The CPU variant: the same wire in one python step, linked to the shared wire code.
+        variant = read_model_config(path.parent / "configs" / "cpu.pbtxt")
+        assert variant.backend == "python" and variant.parameters["serves"].string_value == served
+        assert (path.parent / "1" / "model.py").resolve() == REPOSITORY / "jpeg_wire.py"

@@ -1,19 +1,24 @@
-"""The JPEG wire through the real embedded Triton: ``<model>_jpeg`` ensembles, the SDK's ``wire="jpeg"``,
-bad frames failing alone, pinned versions going raw, and the helpers staying out of the model lists."""
+"""The JPEG wire through the real embedded Triton: ``<model>_jpeg`` (the embedded server runs each wire's
+configs/cpu.pbtxt, one python step; the portable config.pbtxt is an ensemble, served here too and
+compared), the SDK's ``wire="jpeg"``, bad frames failing alone, pinned versions going raw, and the
+helpers staying out of the model lists."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-from clients.contract import ModelContract
-from clients.repository import discover
+from clients.contract import ModelContract, default_repository
+from clients.repository import discover, versions
 from clients.results import Detections
 from clients.triton_client import InferenceError, TritonModelClient
 from clients.wire import Wire, decode_jpeg, encode_jpeg, jpeg_rows, masks_from_pngs
@@ -33,6 +38,16 @@ def frames(contract) -> list[np.ndarray]:
 
 def run(coroutine):
     return asyncio.run(coroutine)
+
+
+def infer_once(url: str, model: str, name: str, data: np.ndarray, output: str) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        tensor = grpcclient.InferInput(name, list(data.shape), "UINT8")
+        tensor.set_data_from_numpy(data)
+        return client.infer(model, [tensor]).as_numpy(output)
+    finally:
+        client.close()
 
 
 def test_the_server_loads_the_wire_beside_the_models(triton: TritonServer):
@@ -65,22 +80,50 @@ def test_a_jpeg_frame_gets_the_raw_frames_mask_within_jpeg_tolerance(triton, con
 
 def test_the_wires_masks_are_the_models_masks_bit_for_bit(triton, contract, frames):
     """The server's own decoded pixels, sent raw, give exactly the masks the wire's PNGs decode to."""
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
-    try:
-        rows = jpeg_rows([encode_jpeg(frame) for frame in frames[:3]])
-
-        def infer(model: str, name: str, data: np.ndarray, output: str) -> np.ndarray:
-            tensor = grpcclient.InferInput(name, list(data.shape), "UINT8")
-            tensor.set_data_from_numpy(data)
-            return client.infer(model, [tensor]).as_numpy(output)
-
-        decoded = infer("jpeg_decoder", "jpeg", rows, "images")
-        masks = infer(contract.model_name, "images", decoded, "masks")
-        pngs = infer(f"{contract.model_name}_jpeg", "jpeg", rows, "masks_png")
-    finally:
-        client.close()
+    rows = jpeg_rows([encode_jpeg(frame) for frame in frames[:3]])
+    decoded = infer_once(triton.grpc_url, "jpeg_decoder", "jpeg", rows, "images")
+    masks = infer_once(triton.grpc_url, contract.model_name, "images", decoded, "masks")
+    pngs = infer_once(triton.grpc_url, f"{contract.model_name}_jpeg", "jpeg", rows, "masks_png")
     assert pngs.shape == (3, 1) and sum(len(png) for png in pngs.ravel()) < masks.nbytes / 20
     assert np.array_equal(masks_from_pngs(pngs), masks)
+
+
+def ensemble_repository(root: Path, model: str) -> Path:
+    """The model (newest version), the codecs and its wire without configs/cpu.pbtxt: the ensemble."""
+    source = default_repository()
+    older = [str(v) for v in versions(source / model)[:-1]]
+    for name in (model, "jpeg_decoder", "mask_encoder", f"{model}_jpeg"):
+        ignore = shutil.ignore_patterns("__pycache__", *(older if name == model else []))
+        shutil.copytree(source / name, root / name, symlinks=True, ignore=ignore)
+    for shared in source.glob("*.py"):  # what the models' model.py files link to
+        shutil.copy(shared, root / shared.name)
+    (root / f"{model}_jpeg" / "configs" / "cpu.pbtxt").unlink()
+    return root
+
+
+def test_the_ensemble_and_the_one_step_wire_answer_with_the_same_bytes(triton, contract, frames, tmp_path):
+    rows = jpeg_rows([encode_jpeg(frame) for frame in frames[:3]])
+    wire = f"{contract.model_name}_jpeg"
+    one_step = infer_once(triton.grpc_url, wire, "jpeg", rows, "masks_png")
+    repository = ensemble_repository(tmp_path / "repository", contract.model_name)
+    with TritonServer(
+        repository=repository, models=(contract.model_name,), log_path=tmp_path / "t.log"
+    ) as server:
+        assert wire in server.companions and "jpeg_decoder" in server.companions
+        ensemble = infer_once(server.grpc_url, wire, "jpeg", rows, "masks_png")
+    assert [bytes(png) for png in ensemble.ravel()] == [bytes(png) for png in one_step.ravel()]
+
+
+def test_a_frame_of_the_wrong_size_is_refused_naming_the_shapes(triton, contract, frames):
+    small = jpeg_rows([encode_jpeg(frames[0][: contract.height // 2, : contract.width // 2])])
+    with pytest.raises(InferenceServerException) as refused:
+        infer_once(triton.grpc_url, f"{contract.model_name}_jpeg", "jpeg", small, "masks_png")
+    assert str(contract.height // 2) in str(refused.value) and "shape" in str(refused.value)
+    good = jpeg_rows([encode_jpeg(frames[0])])
+    assert infer_once(triton.grpc_url, f"{contract.model_name}_jpeg", "jpeg", good, "masks_png").shape == (
+        1,
+        1,
+    )
 
 
 @pytest.mark.parametrize(

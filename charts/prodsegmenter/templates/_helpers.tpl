@@ -166,7 +166,8 @@ with an image that has OpenCV (the python decoder's; the stock NGC image has non
 {{/* The JPEG wire's companions (clients/wire.py), as a JSON list in the shape of
 prodsegmenter.models' entries, to sync, prepare and load after the models: jpeg_decoder (the GPU
 pool's configs/gpu.pbtxt, DALI; the CPU pool's config.pbtxt, OpenCV), mask_encoder, then
-<model>_jpeg for each model whose `jpegWire` is not false. Each serves version 1, the only one
+<model>_jpeg for each model whose `jpegWire` is not false (an ensemble of the three; on a CPU pool
+whose models run configs/cpu.pbtxt, the wire's configs/cpu.pbtxt: decode, BLS, encode in one step). Each serves version 1, the only one
 companions have. Empty when prodsegmenter.jpegWireServed is, or when no model wants its wire.
 Refuses a model named like a companion (it would be synced and loaded twice). */}}
 {{- define "prodsegmenter.jpegWireModels" -}}
@@ -186,8 +187,10 @@ Refuses a model named like a companion (it would be synced and loaded twice). */
 {{- end }}
 {{- end }}
 {{- $decoderConfig := ternary "gpu" "" .Values.triton.gpu.enabled }}
+{{- /* A CPU pool on the python-backend variant runs each wire in one python step as well. */}}
+{{- $wireConfig := ternary "cpu" "" (eq (include "prodsegmenter.tritonConfigName" .) "cpu") }}
 {{- range $names }}
-{{- $configName := ternary $decoderConfig "" (eq . "jpeg_decoder") }}
+{{- $configName := ternary $decoderConfig (ternary $wireConfig "" (hasSuffix "_jpeg" .)) (eq . "jpeg_decoder") }}
 {{- $companions = append $companions (dict "name" . "version" 1 "versions" (list 1) "configName" $configName "tensorrt" false) }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,1 @@
+../../jpeg_wire.py

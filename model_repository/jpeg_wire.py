@@ -12,10 +12,12 @@ GPU nodes keep the ensemble (``jpeg_decoder/configs/gpu.pbtxt`` decodes with nvJ
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,51 +54,46 @@ class TritonPythonModel:
         self.outputs = [output["name"] for output in config["output"]]
         self.requested = model_outputs(self.outputs)
 
-    def execute(self, requests: list) -> list:
-        # Decode each request alone (a bad frame fails only its own request), then one BLS call
-        # for all the frames that decoded, split back per request.
+    async def execute(self, requests: list) -> list:
+        # Each request decoded alone (a bad frame fails only its own request) and sent on as a BLS
+        # request of its own, all in flight at once: the model's dynamic batcher and instances share
+        # them out exactly as they do raw requests (one call for the lot would keep one instance busy
+        # while the other idles).
         responses: list = [None] * len(requests)
-        batches: list[tuple[int, np.ndarray]] = []
+        calls: list[tuple[int, Any]] = []
         for index, request in enumerate(requests):
             rows = pb_utils.get_input_tensor_by_name(request, JPEG_INPUT).as_numpy()
             try:
-                batches.append((index, self.decode_jpeg_rows(rows)))
+                images = self.decode_jpeg_rows(rows)
             except self.frame_error as error:
                 refused = pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
                 responses[index] = pb_utils.InferenceResponse(error=refused)
-        if batches:
-            self._infer(requests, batches, responses)
-        return responses
-
-    def _infer(self, requests: list, batches: list[tuple[int, np.ndarray]], responses: list) -> None:
-        shapes = {images.shape[1:] for _, images in batches}
-        groups = [batches] if len(shapes) == 1 else [[batch] for batch in batches]  # one size per call
-        for group in groups:
-            images = np.concatenate([images for _, images in group]) if len(group) > 1 else group[0][1]
-            result = pb_utils.InferenceRequest(
+                continue
+            call = pb_utils.InferenceRequest(
                 model_name=self.serves,
                 requested_output_names=self.requested,
                 inputs=[pb_utils.Tensor(MODEL_INPUT, images)],
-            ).exec()
-            if result.has_error():  # e.g. a frame of the wrong size: every request of the call
-                failed = pb_utils.TritonError(result.error().message(), result.error().code())
-                for index, _ in group:
-                    responses[index] = pb_utils.InferenceResponse(error=failed)
-                continue
-            outputs = {
-                name: pb_utils.get_output_tensor_by_name(result, source).as_numpy()
-                for name, source in zip(self.outputs, self.requested, strict=True)
-            }
-            start = 0
-            for index, frames in group:
-                end = start + len(frames)
-                responses[index] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(name, self._encoded(name, array[start:end]))
-                        for name, array in outputs.items()
-                    ]
-                )
-                start = end
+            )
+            calls.append((index, call.async_exec()))
+        results = await asyncio.gather(*(call for _, call in calls))
+        for (index, _), result in zip(calls, results, strict=True):
+            responses[index] = self._response(result)
+        return responses
+
+    def _response(self, result) -> Any:
+        """The wire's answer from the model's: its outputs (masks as PNG), or its error (e.g. a frame
+        of the wrong size), passed on with its code."""
+        if result.has_error():
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(result.error().message(), result.error().code())
+            )
+        tensors = [
+            pb_utils.Tensor(
+                name, self._encoded(name, pb_utils.get_output_tensor_by_name(result, source).as_numpy())
+            )
+            for name, source in zip(self.outputs, self.requested, strict=True)
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _encoded(self, name: str, array: np.ndarray) -> np.ndarray:
         if name != PNG_MASKS:

@@ -26,7 +26,8 @@ try:  # present only inside Triton's python backend stub
 except ImportError:  # imported by tests outside Triton
     pb_utils = None
 
-JPEG_INPUT, MODEL_INPUT = "jpeg", "images"  # the wire's input, the image models' input (clients/wire.py)
+# The SDK's names (clients.wire, clients.contract), which a Triton pod cannot import: a test compares them.
+JPEG_INPUT, MODEL_INPUT = "jpeg", "images"  # the wire's input, the image models' input
 PNG_MASKS, MASKS = "masks_png", "masks"  # a segmentation wire's output, and the model's it encodes
 
 

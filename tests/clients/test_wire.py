@@ -21,6 +21,7 @@ from clients.repository import discover, versions
 from clients.triton_client import TritonModelClient
 from clients.wire import (
     CODEC_TASK,
+    JPEG_INPUT,
     JPEG_WIRE_TASK,
     PNG_MASKS,
     Wire,
@@ -325,6 +326,18 @@ def test_the_dali_pipeline_the_backend_autoserializes_fits_the_gpu_config():
     (returned,) = [node for node in ast.walk(pipeline) if isinstance(node, ast.Return)]
     assert isinstance(returned.value, ast.Call)  # one output, as the config has one: "images"
     assert [tensor.name for tensor in gpu.output] == ["images"]
+
+
+def test_the_one_step_wire_speaks_the_sdks_tensor_names():
+    """model_repository/jpeg_wire.py cannot import clients/ (a Triton pod has only the repository)."""
+    spec = importlib.util.spec_from_file_location("served_jpeg_wire", REPOSITORY / "jpeg_wire.py")
+    wire = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wire)
+    assert (wire.JPEG_INPUT, wire.PNG_MASKS) == (JPEG_INPUT, PNG_MASKS)
+    for name in ("shelf_segmenter", "mask_detector"):
+        contract = ModelContract.load(name)
+        assert wire.MODEL_INPUT == contract.input_name
+        assert wire.model_outputs(list(wire_output_names(contract))) == list(contract.output_names)
 
 
 def test_every_wire_config_names_its_model_and_runs_the_newest_version():

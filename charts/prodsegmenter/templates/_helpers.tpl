@@ -167,8 +167,8 @@ with an image that has OpenCV (the python decoder's; the stock NGC image has non
 prodsegmenter.models' entries, to sync, prepare and load after the models: jpeg_decoder (the GPU
 pool's configs/gpu.pbtxt, DALI; the CPU pool's config.pbtxt, OpenCV), mask_encoder, then
 <model>_jpeg for each model whose `jpegWire` is not false (an ensemble of the three; on a CPU pool
-whose models run configs/cpu.pbtxt, the wire's configs/cpu.pbtxt: decode, BLS, encode in one step). Each serves version 1, the only one
-companions have. Empty when prodsegmenter.jpegWireServed is, or when no model wants its wire.
+whose models run configs/cpu.pbtxt, the wire's configs/cpu.pbtxt: decode, BLS, encode in one
+step). Each serves version 1, the only one companions have. Empty when prodsegmenter.jpegWireServed is, or when no model wants its wire.
 Refuses a model named like a companion (it would be synced and loaded twice). */}}
 {{- define "prodsegmenter.jpegWireModels" -}}
 {{- $companions := list }}

@@ -49,7 +49,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageTooLargeError(
             f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} pixels"
         )
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    image = imdecode_rgb(data)
+    if image is None:
         raise ImageError("not a decodable image (PNG, JPEG, BMP, WebP...)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def imdecode_rgb(data: bytes) -> np.ndarray | None:
+    """Encoded image bytes -> RGB uint8 [H, W, 3], or None when they do not decode (no size check)."""
+    # Decoded straight to RGB (libjpeg-turbo's own output order): the same pixels as BGR and a swap,
+    # in about half the time for a JPEG.
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)

@@ -34,6 +34,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2
 
 from clients.contract import ModelContract, Task
+from clients.images import imdecode_rgb
 from clients.masks import decode_mask_png
 
 JPEG_WIRE_SUFFIX = "_jpeg"
@@ -82,8 +83,7 @@ def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
 
 def decode_jpeg(data: bytes) -> np.ndarray | None:
     """JPEG (or PNG) bytes -> an RGB uint8 frame, or None when they do not decode."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return imdecode_rgb(data)
 
 
 def looks_like_jpeg(data: bytes) -> bool:

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
@@ -45,7 +44,7 @@ from fastapi.staticfiles import StaticFiles
 from clients.results import FrameResult, Segmentation
 from clients.temporal import LiveReuse, Plan, ReuseSettings
 from clients.triton_client import InferenceError
-from clients.wire import encode_jpeg, looks_like_jpeg
+from clients.wire import decode_jpeg, encode_jpeg, looks_like_jpeg
 from gateway.auth import Authenticator, AuthError
 from gateway.errors import ApiError
 from gateway.models import ModelCatalog, ServedModel
@@ -185,7 +184,7 @@ class _Planned:
 
 async def _plan(reuse: LiveReuse, data: bytes) -> tuple[np.ndarray | None, Plan | None]:
     """A frame and its temporal-reuse plan; (None, None) when it is no frame (``_annotate`` says why)."""
-    frame = await asyncio.to_thread(_decode_jpeg, data) if len(data) <= MAX_FRAME_BYTES else None
+    frame = await asyncio.to_thread(decode_jpeg, data) if len(data) <= MAX_FRAME_BYTES else None
     return (None, None) if frame is None else (frame, await reuse.plan(frame))
 
 
@@ -204,7 +203,7 @@ async def _annotate(served: ServedModel, data: bytes, on_result: FrameHook | Non
     """One JPEG -> the images route's per-task JSON, or an error body (the stream goes on)."""
     if len(data) > MAX_FRAME_BYTES:
         return _error("frame_too_large", f"a live frame must be under {MAX_FRAME_BYTES} bytes")
-    frame = await asyncio.to_thread(_decode_jpeg, data)
+    frame = await asyncio.to_thread(decode_jpeg, data)
     if frame is None:
         return _error("not_an_image", "the frame is not a decodable JPEG or PNG")
     started = time.perf_counter()
@@ -245,11 +244,6 @@ async def _infer_live(served: ServedModel, data: bytes, frame: np.ndarray) -> Fr
     if (height, width) != contract.input_size or not looks_like_jpeg(data):
         data = await asyncio.to_thread(lambda: encode_jpeg(contract.to_model_input(frame)))
     return await client.predict_jpeg(data, height, width)
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray | None:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _class_runs(mask: np.ndarray) -> list[int]:

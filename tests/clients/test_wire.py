@@ -124,6 +124,16 @@ def test_jpeg_rows_pad_with_zeros_the_decoder_ignores(decoder, scene):
     assert np.abs(images[1].astype(int) - scene.image[::-1]).mean() < 8  # close to the frame it encodes
 
 
+def test_an_opencv_without_direct_rgb_decoding_gives_the_same_frames(decoder, scene, monkeypatch):
+    # A CPU pool's own image may carry an OpenCV older than 4.10 (no IMREAD_COLOR_RGB): it swaps.
+    rows = jpeg_rows([encode_jpeg(scene.image, 80)])
+    direct = decoder.decode_jpeg_rows(rows)
+    monkeypatch.delattr(decoder.cv2, "IMREAD_COLOR_RGB")
+    swapped = decoder.decode_jpeg_rows(rows)
+    assert direct.shape == swapped.shape == (1, *scene.image.shape)
+    assert np.array_equal(direct, swapped) and direct.flags.c_contiguous
+
+
 def test_encode_jpeg_keeps_rgb_order(scene):
     frame = np.zeros((64, 64, 3), np.uint8)
     frame[..., 0] = 200  # red

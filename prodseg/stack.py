@@ -36,6 +36,9 @@ class GatewayProcess:
     # Imports, model contracts, drift references and Triton's readiness: seconds on a quiet machine,
     # but a fresh-clone test run on 2 loaded cores once needed about a minute.
     startup_timeout_s: float = 120.0
+    # The Triton it talks to, when started beside it: if that dies while the gateway starts, the
+    # gateway can never become ready, so the start fails at once instead of after the timeout.
+    triton: TritonServer | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
     log_path: Path | None = field(default=None, init=False)
 
@@ -65,7 +68,12 @@ class GatewayProcess:
         return self
 
     def _wait_until_ready(self) -> None:
-        ready = lambda: http_ok(f"{self.url}/readyz")  # noqa: E731
+        def ready() -> bool:
+            triton = self.triton.process if self.triton is not None else None
+            if triton is not None and triton.poll() is not None:
+                raise StartError(f"tritonserver exited with {triton.returncode} while the gateway started")
+            return http_ok(f"{self.url}/readyz")
+
         wait_until_ready(self.process, ready, self.startup_timeout_s, "gateway", self._log_tail)
 
     def _log_tail(self) -> str:
@@ -102,7 +110,10 @@ class EmbeddedStack:
         self.triton.start()
         try:
             gateway = GatewayProcess(
-                self.triton.grpc_url, self.gateway_port, env=serving_env(self.triton) | self.gateway_env
+                self.triton.grpc_url,
+                self.gateway_port,
+                env=serving_env(self.triton) | self.gateway_env,
+                triton=self.triton,
             )
             if self.gateway_data_dir is not None:
                 gateway.data_dir = self.gateway_data_dir

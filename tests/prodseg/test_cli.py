@@ -188,6 +188,17 @@ def test_serve_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path):
                 os.kill(pid, signal.SIGKILL)
 
 
+def wait_for_line(log: Path, text: str, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{text!r} not in the server's output after {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
+
+
 def wait_ready(url: str, timeout_s: float, log: Path | None = None) -> None:
     import time
 
@@ -278,6 +289,9 @@ def test_serve_restarts_a_killed_triton_and_gives_up_after_too_many_deaths(tmp_p
     children: set[int] = set()
     try:
         wait_ready(f"http://127.0.0.1:{ports['gateway']}/readyz", 330, log)
+        # Ready is not yet supervised: serve's own probe may still be waiting for the answer this test
+        # just had (a Triton killed then fails the start, which is not what this test is about).
+        wait_for_line(log, "Ctrl-C to stop.", 60)
         children.update(descendants(server.pid))
         triton_pid = find_child(server.pid, "tritonserver")
         os.kill(triton_pid, signal.SIGKILL)

@@ -67,3 +67,20 @@ def test_a_part_that_dies_is_restarted_until_the_limit():
     assert logged[0] == "gateway exited with 1; restarting it in 1 s"
     assert logged[1] == f"gateway is back (pid {gateway.process.pid})"
     assert len(logged) == 2
+
+
+def test_a_gateway_whose_triton_dies_while_it_starts_fails_at_once(tmp_path):
+    # A real gateway process; its Triton is a process that has already exited (e.g. killed mid-start).
+    import time
+
+    from prodseg.processes import free_port
+    from prodseg.stack import GatewayProcess
+
+    triton = ShortLivedPart(code=3)
+    url = f"127.0.0.1:{free_port()}"  # nothing listens: the gateway would answer /readyz 503 forever
+    gateway = GatewayProcess(url, data_dir=tmp_path / "data", startup_timeout_s=300, triton=triton)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(StartError, match="tritonserver exited with 3 while the gateway started"):
+        gateway.start()
+    assert time.monotonic() - started < 60  # not the 300 s timeout
+    assert gateway.process.poll() is not None  # and the gateway it started is stopped

@@ -27,12 +27,16 @@ except ImportError:  # imported by benchmarks and tests outside Triton
 class OnnxEngine:
     """Runs an exported graph: uint8 [N, H, W, 3] images in, ``{output name: array}`` out."""
 
-    def __init__(self, model_path: Path, engine: str = "openvino", threads: int = 0) -> None:
+    def __init__(
+        self, model_path: Path, engine: str = "openvino", threads: int = 0, precision: str = ""
+    ) -> None:
+        """``precision``: OpenVINO's inference precision ("f32", "bf16", "f16"); empty: the CPU's default
+        (bf16 where the CPU has it). ONNX Runtime always runs fp32."""
         self.model_path = Path(model_path)
         self.engine = engine
         if engine == "openvino":
             try:
-                self._run = self._load_openvino(threads)
+                self._run = self._load_openvino(threads, precision)
                 return
             except ImportError:
                 self.engine = "onnxruntime"  # OpenVINO is optional; ONNX Runtime is the fallback
@@ -43,7 +47,7 @@ class OnnxEngine:
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         return self._run(images)
 
-    def _load_openvino(self, threads: int):
+    def _load_openvino(self, threads: int, precision: str):
         import openvino as ov
 
         core = ov.Core()
@@ -51,6 +55,8 @@ class OnnxEngine:
         if threads:
             # Several Triton instances each get few threads; unpinned, so they spread over the cores.
             config |= {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
         compiled = core.compile_model(str(self.model_path), "CPU", config)
         request = compiled.create_infer_request()
         outputs = [(output.get_any_name(), output) for output in compiled.outputs]
@@ -88,10 +94,11 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         model_path = version_dir / parameters.get("model_filename", "model.onnx")
         threads = int(os.environ.get("PRODSEG_ENGINE_THREADS", parameters.get("openvino_threads", "0")))
-        self.engine = OnnxEngine(model_path, parameters.get("engine", "openvino"), threads)
+        precision = parameters.get("openvino_precision", "")
+        self.engine = OnnxEngine(model_path, parameters.get("engine", "openvino"), threads, precision)
         pb_utils.Logger.log_info(
             f"{args['model_name']} v{args['model_version']}: {self.engine.engine} on {model_path.name}, "
-            f"threads={threads or 'auto'}"
+            f"threads={threads or 'auto'}, precision={precision or 'default'}"
         )
 
     def execute(self, requests: list) -> list:

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -85,9 +85,11 @@ def torch_predictor(serving: ServingModel, output_names: Sequence[str]) -> Predi
     return run
 
 
-def engine_predictor(onnx_path: Path, engine: str = "onnxruntime", threads: int = 0) -> Predictor:
+def engine_predictor(
+    onnx_path: Path, engine: str = "onnxruntime", threads: int = 0, precision: str = ""
+) -> Predictor:
     """The exported graph run by the serving runner's ``OnnxEngine`` (the code Triton runs)."""
-    return load_runner().OnnxEngine(Path(onnx_path), engine, threads)
+    return load_runner().OnnxEngine(Path(onnx_path), engine, threads, precision)
 
 
 def load_runner(path: Path | None = None) -> Any:
@@ -195,15 +197,26 @@ class ParityResult:
         return asdict(self)
 
 
-def served_engine(repository: Path, model_name: str) -> tuple[str, int]:
-    """(engine, threads) of the served cpu config's parameters; ONNX Runtime if it names none."""
+class ServedEngine(NamedTuple):
+    """How the served cpu config runs a model (its ``parameters``): what parity must run too."""
+
+    engine: str
+    threads: int
+    precision: str  # OpenVINO's inference precision; "": the CPU's default
+
+
+def served_engine(repository: Path, model_name: str) -> ServedEngine:
+    """The served cpu config's engine parameters; ONNX Runtime if it names none."""
     path = Path(repository) / model_name / "configs" / f"{SERVED_CONFIG}.pbtxt"
     if not path.is_file():
-        return "onnxruntime", 0
+        return ServedEngine("onnxruntime", 0, "")
     parameters = read_model_config(path).parameters
-    engine = parameters["engine"].string_value if "engine" in parameters else "onnxruntime"
-    threads = parameters["openvino_threads"].string_value if "openvino_threads" in parameters else "0"
-    return engine, int(threads or 0)
+
+    def parameter(key: str, default: str) -> str:
+        return parameters[key].string_value if key in parameters else default
+
+    threads = int(parameter("openvino_threads", "0") or 0)
+    return ServedEngine(parameter("engine", "onnxruntime"), threads, parameter("openvino_precision", ""))
 
 
 def check_parity(
@@ -223,9 +236,9 @@ def check_parity(
     """
     reference = torch_predictor(serving_model(model, adapter, contract), contract.output_names)
     onnxruntime_run = engine_predictor(onnx_path, "onnxruntime")
-    engine, threads = served_engine(repository, contract.model_name)
-    served_run = engine_predictor(onnx_path, engine, threads)
-    precision = _precision(onnx_path) if served_run.engine == "openvino" else "fp32"
+    served = served_engine(repository, contract.model_name)
+    served_run = engine_predictor(onnx_path, *served)
+    precision = _precision(onnx_path, served.precision) if served_run.engine == "openvino" else "fp32"
 
     total = ort_same = served_same = images = 0
     for batch, _ in model_input_batches(dataset, contract, batch_size, max_images):
@@ -246,10 +259,12 @@ def check_parity(
     )
 
 
-def _precision(onnx_path: Path) -> str:
+def _precision(onnx_path: Path, hint: str) -> str:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(onnx_path), "CPU")
+    compiled = ov.Core().compile_model(
+        str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    )
     return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
 

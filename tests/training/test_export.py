@@ -3,6 +3,7 @@ TensorRT plans."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,12 +109,33 @@ def test_onnx_runtime_agrees_with_pytorch(
 def test_parity_runs_the_engine_the_cpu_config_serves(
     exported: Path, trained, contract: ModelContract, repository: Path
 ) -> None:
-    assert served_engine(repository, MODEL) == ("openvino", 1)  # configs/cpu.pbtxt's parameters
+    assert served_engine(repository, MODEL) == ("openvino", 1, "")  # configs/cpu.pbtxt's parameters
     model, splits = trained
     parity = check_parity(model, exported, splits.test, contract, SEGMENTATION, repository, max_images=2)
     assert parity.images == 2 and parity.units == 2 * contract.height * contract.width
     assert parity.served_engine == "openvino" and parity.served_precision in ("bf16", "f32", "f16")
     assert parity.onnxruntime >= 0.999 and 0.9 <= parity.served <= 1.0
+
+
+def test_a_config_that_serves_fp32_is_checked_in_fp32(
+    exported: Path, trained, contract: ModelContract, repository: Path, tmp_path: Path
+) -> None:
+    # A model whose predictions sit near its decision boundary can be served in f32 (the engagement
+    # classifier is): parity then runs OpenVINO as that config says.
+    served = tmp_path / "repository"
+    shutil.copytree(repository, served, symlinks=True)
+    config = served / MODEL / "configs" / "cpu.pbtxt"
+    text = config.read_text()
+    assert text.count("parameters [") == 1
+    config.write_text(
+        text.replace(
+            "parameters [", 'parameters [\n  { key: "openvino_precision" value: { string_value: "f32" } },'
+        )
+    )
+    assert served_engine(served, MODEL) == ("openvino", 1, "f32")
+    model, splits = trained
+    parity = check_parity(model, exported, splits.test, contract, SEGMENTATION, served, max_images=2)
+    assert parity.served_precision == "f32" and parity.served >= 0.999
 
 
 def test_the_served_engine_is_the_serving_runners(exported: Path, contract: ModelContract) -> None:

@@ -26,16 +26,18 @@ import numpy as np
 from clients.atomic import write_text
 from clients.contract import ModelContract, default_repository
 from clients.repository import versions
-from training.export import engine_predictor
+from training.export import engine_predictor, served_engine
 
 
-def engine_latency(onnx_path: Path, image: np.ndarray, runs: int = 200) -> dict[str, dict[str, Any]]:
+def engine_latency(
+    onnx_path: Path, image: np.ndarray, runs: int = 200, openvino_precision: str = ""
+) -> dict[str, dict[str, Any]]:
     """Batch-1 latency in ms (min, median, p95) of ONNX Runtime and OpenVINO on one image, run by
-    the served runner's ``OnnxEngine``."""
+    the served runner's ``OnnxEngine`` (OpenVINO at the served config's precision)."""
     batch = np.ascontiguousarray(image[None])
     results = {}
     for name in ("onnxruntime", "openvino"):
-        engine = engine_predictor(onnx_path, name)
+        engine = engine_predictor(onnx_path, name, precision=openvino_precision if name == "openvino" else "")
         for _ in range(20):  # warm-up: first calls allocate and compile
             engine(batch)
         times = []
@@ -112,7 +114,9 @@ def summarise(run_dir: Path, model_name: str, repository: Path) -> dict[str, Any
         "parity": read("parity.json"),
         "gate": read("gate.json").get("checks", []),
         "onnx_bytes": (run_dir / "model.onnx").stat().st_size,
-        "latency_batch1_ms": engine_latency(run_dir / "model.onnx", image),
+        "latency_batch1_ms": engine_latency(
+            run_dir / "model.onnx", image, openvino_precision=served_engine(repository, model_name).precision
+        ),
         "run_dir": str(run_dir),
     }
     return entry

@@ -30,6 +30,7 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -211,6 +212,31 @@ class ModelContract:
 
 def read_model_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+
+
+CPU_CONFIG = "cpu"  # configs/<this>.pbtxt: what the embedded server and CPU nodes run
+
+
+class ServedEngine(NamedTuple):
+    """How the served cpu config runs a model (its ``parameters``): what parity must run too."""
+
+    engine: str
+    threads: int
+    precision: str  # OpenVINO's inference precision; "": the CPU's default
+
+
+def served_engine(repository: Path, model_name: str) -> ServedEngine:
+    """The served cpu config's engine parameters; ONNX Runtime if it names none."""
+    path = Path(repository) / model_name / "configs" / f"{CPU_CONFIG}.pbtxt"
+    if not path.is_file():
+        return ServedEngine("onnxruntime", 0, "")
+    parameters = read_model_config(path).parameters
+
+    def parameter(key: str, default: str) -> str:
+        return parameters[key].string_value if key in parameters else default
+
+    threads = int(parameter("openvino_threads", "0") or 0)
+    return ServedEngine(parameter("engine", "onnxruntime"), threads, parameter("openvino_precision", ""))
 
 
 def _describe(tensor) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.contract import ModelContract, default_repository
+from clients.contract import ModelContract, default_repository, served_engine
 from clients.repository import latest_version
 from clients.triton_client import TritonModelClient
 
@@ -23,15 +23,22 @@ def load_engine(
     version: int | None = None,
     engine: str = "openvino",
     threads: int = 0,
+    precision: str | None = None,
 ):
-    """An ``OnnxEngine`` for one version of a model (the latest by default): the served runner's own."""
+    """An ``OnnxEngine`` for one version of a model (the latest by default): the served runner's own.
+    ``precision``: OpenVINO's; None: what the model's served cpu config says."""
     repository = Path(repository or default_repository())
+    if precision is None:
+        precision = served_engine(repository, model_name).precision
     version = version or latest_version(model_name, repository)
     spec = importlib.util.spec_from_file_location("prodseg_onnx_runner", repository / "onnx_runner.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     return runner.OnnxEngine(
-        repository / model_name / str(version) / "model.onnx", engine=engine, threads=threads
+        repository / model_name / str(version) / "model.onnx",
+        engine=engine,
+        threads=threads,
+        precision=precision,
     )
 
 

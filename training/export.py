@@ -18,13 +18,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from clients.atomic import atomic_path
-from clients.contract import OUTPUTS, ModelContract, read_model_config
+from clients.contract import OUTPUTS, ModelContract, served_engine
 from training.datasets import DatasetError
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 # that pretrained encoder weights can be dropped in without changing the serving graph.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-SERVED_CONFIG = "cpu"  # configs/<this>.pbtxt: what the embedded server and CPU nodes run
 
 
 class ServingModel(torch.nn.Module):
@@ -195,28 +194,6 @@ class ParityResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class ServedEngine(NamedTuple):
-    """How the served cpu config runs a model (its ``parameters``): what parity must run too."""
-
-    engine: str
-    threads: int
-    precision: str  # OpenVINO's inference precision; "": the CPU's default
-
-
-def served_engine(repository: Path, model_name: str) -> ServedEngine:
-    """The served cpu config's engine parameters; ONNX Runtime if it names none."""
-    path = Path(repository) / model_name / "configs" / f"{SERVED_CONFIG}.pbtxt"
-    if not path.is_file():
-        return ServedEngine("onnxruntime", 0, "")
-    parameters = read_model_config(path).parameters
-
-    def parameter(key: str, default: str) -> str:
-        return parameters[key].string_value if key in parameters else default
-
-    threads = int(parameter("openvino_threads", "0") or 0)
-    return ServedEngine(parameter("engine", "onnxruntime"), threads, parameter("openvino_precision", ""))
 
 
 def check_parity(

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from clients.atomic import write_text
-from clients.contract import ModelContract, default_repository
+from clients.contract import ModelContract, default_repository, served_engine
 from clients.repository import versions
-from training.export import engine_predictor, served_engine
+from training.export import engine_predictor
 
 
 def engine_latency(

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.contract import default_repository
+from clients.contract import CPU_CONFIG, default_repository
 from clients.images import DEFAULT_MAX_PIXELS
 
 
@@ -28,7 +28,7 @@ class GatewaySettings:
         default_factory=lambda: tuple(m.strip() for m in _env("MODELS", "").split(",") if m.strip())
     )
     # The Triton config variant in use (configs/<name>.pbtxt), for the versions it serves.
-    triton_config_name: str = field(default_factory=lambda: _env("TRITON_CONFIG_NAME", "cpu"))
+    triton_config_name: str = field(default_factory=lambda: _env("TRITON_CONFIG_NAME", CPU_CONFIG))
     data_dir: Path = field(default_factory=lambda: Path(_env("GATEWAY_DATA_DIR", "out/gateway")))
     max_upload_bytes: int = field(default_factory=lambda: int(_env("MAX_UPLOAD_BYTES", str(512 << 20))))
     max_image_bytes: int = field(default_factory=lambda: int(_env("MAX_IMAGE_BYTES", str(20 << 20))))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from clients.contract import default_repository
+from clients.contract import CPU_CONFIG, default_repository
 from clients.repository import discover, versions
 from prodseg.processes import (
     StartError,
@@ -99,7 +99,7 @@ class TritonServer:
     repository: Path = field(default_factory=default_repository)
     models: tuple[str, ...] = ()  # () = every model of the repository whose contract holds
     jpeg_wire: bool = True  # also load the models' JPEG-wire companions the repository holds
-    config_name: str = "cpu"
+    config_name: str = CPU_CONFIG
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0

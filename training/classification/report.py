@@ -37,7 +37,7 @@ def engine_latency(
     batch = np.ascontiguousarray(image[None])
     results = {}
     for name in ("onnxruntime", "openvino"):
-        engine = engine_predictor(onnx_path, name, precision=openvino_precision if name == "openvino" else "")
+        engine = engine_predictor(onnx_path, name, precision=openvino_precision)  # ONNX Runtime: always fp32
         for _ in range(20):  # warm-up: first calls allocate and compile
             engine(batch)
         times = []

@@ -4,7 +4,8 @@
 
 On the demo video (``write_pan_video(seed=7, num_frames=300)``, 640x384) the shelf segmenter is
 streamed by the SDK (``TritonModelClient.stream``, 4 requests in flight, 1 frame per request) once
-with raw pixels and once per JPEG quality over ``shelf_segmenter_jpeg``. Per wire: tensor bytes per
+with raw pixels and once per JPEG quality over the JPEG wire (on the embedded server the model
+itself decodes: ``clients.wire.jpeg_route``). Per wire: tensor bytes per
 frame up (request) and down (response), frames/s and mIoU against the ground-truth masks. Raw and
 the default quality alternate ``repeats`` times and report medians (the machine is shared: only
 ratios measured in one run mean anything); the other qualities run once (bytes and mIoU do not
@@ -88,7 +89,7 @@ def measure_wire(
         "compressed_miou_loss": raw["miou"] - jpeg["miou"],
     }
     return {
-        "what": "raw pixels vs the JPEG wire (shelf_segmenter_jpeg), one embedded Triton, SDK stream",
+        "what": "raw pixels vs the JPEG wire (the model decodes), one embedded Triton, SDK stream",
         "model": MODEL,
         "video": {"seed": 7, "frames": frames, "height": contract.height, "width": contract.width},
         "client": {"in_flight": in_flight, "frames_per_request": 1, "repeats": repeats},

@@ -19,6 +19,11 @@ detection          ``boxes`` FP32 ``[K, 4]`` x1, y1, x2, y2 in model pixels, ``s
 classification     ``probabilities`` FP32 ``[C]`` (softmax in the graph)
 =================  ===================================================================================
 
+A config may also take the frames as JPEG (the CPU configs do): an input ``jpeg`` UINT8 ``[-1]``
+(one zero-padded JPEG per row, ``allow_ragged_batch``) beside ``images``, both ``optional`` since a
+request sends one of them, and for a segmentation an output ``masks_png`` BYTES ``[1]``; the model
+decodes and encodes in its own process (``clients/wire.py``). ``ModelContract.takes_jpeg`` says so.
+
 The label map is ``labels.txt`` beside the config (``name #rrggbb``, line *i* = class *i*), named by
 the ``label_filename`` of the output that carries class ids (``masks``, ``class_ids`` or
 ``probabilities``).
@@ -40,6 +45,8 @@ from tritonclient.grpc import model_config_pb2
 from clients.labels import LabelMap
 
 INPUT_NAME = "images"
+JPEG_INPUT = "jpeg"  # frames as JPEG: UINT8 [N, L], one zero-padded JPEG per row
+PNG_MASKS = "masks_png"  # a segmentation's masks as PNG: BYTES [N, 1]
 TASK_PARAMETER = "task"
 
 
@@ -94,6 +101,7 @@ class ModelContract:
     labels: LabelMap
     output_names: tuple[str, ...]
     max_detections: int = 0  # K, detection only
+    takes_jpeg: bool = False  # the config also takes ``jpeg`` frames (and returns ``masks_png``)
 
     @classmethod
     def load(cls, model_name: str, repository: Path | None = None, config_file: str = "config.pbtxt"):
@@ -129,9 +137,12 @@ class ModelContract:
             ) from None
         if config.max_batch_size < 1:
             raise fail("max_batch_size", "must be >= 1: every model takes a batch dimension")
-        if len(config.input) != 1:
-            raise fail("input", f"expected one input {INPUT_NAME!r}, found {len(config.input)}")
-        image = config.input[0]
+        images = [tensor for tensor in config.input if tensor.name != JPEG_INPUT]
+        jpeg = [tensor for tensor in config.input if tensor.name == JPEG_INPUT]
+        if len(images) != 1 or len(jpeg) > 1:
+            found = [tensor.name for tensor in config.input]
+            raise fail("input", f"expected {INPUT_NAME!r} (and optionally {JPEG_INPUT!r}), found {found}")
+        image = images[0]
         if (
             image.name != INPUT_NAME
             or image.data_type != _UINT8
@@ -143,7 +154,15 @@ class ModelContract:
         if height < 1 or width < 1:
             raise fail("input.dims", f"need a fixed positive size, got {list(image.dims)}")
 
+        takes_jpeg = bool(jpeg)
+        if takes_jpeg and (problem := _jpeg_input_problem(jpeg[0], image)):
+            raise fail(f"input {JPEG_INPUT}", problem)
         outputs = {output.name: output for output in config.output}
+        if takes_jpeg and task == Task.SEGMENTATION:
+            png = outputs.pop(PNG_MASKS, None)
+            if png is None or png.data_type != model_config_pb2.TYPE_STRING or list(png.dims) != [1]:
+                got = _describe(png) if png is not None else "none"
+                raise fail(PNG_MASKS, f"taking JPEG, a segmentation returns TYPE_STRING [1], got {got}")
         rules = OUTPUTS[task]
         missing = [rule.name for rule in rules if rule.name not in outputs]
         if missing or len(outputs) != len(rules):
@@ -178,6 +197,7 @@ class ModelContract:
             labels=labels,
             output_names=tuple(rule.name for rule in rules),
             max_detections=symbols.get("K", 0),
+            takes_jpeg=takes_jpeg,
         )
 
     @property
@@ -237,6 +257,17 @@ def served_engine(repository: Path, model_name: str) -> ServedEngine:
 
     threads = int(parameter("openvino_threads", "0") or 0)
     return ServedEngine(parameter("engine", "onnxruntime"), threads, parameter("openvino_precision", ""))
+
+
+def _jpeg_input_problem(jpeg, image) -> str | None:
+    """Why a config's ``jpeg`` input does not take frames as JPEG beside ``images``, or None."""
+    if jpeg.data_type != _UINT8 or list(jpeg.dims) != [-1]:
+        return f"expected TYPE_UINT8 [-1], got {_describe(jpeg)}"
+    if not jpeg.allow_ragged_batch:
+        return "needs allow_ragged_batch: true (JPEGs of one batch differ in length)"
+    if not (jpeg.optional and image.optional):
+        return f"{JPEG_INPUT!r} and {INPUT_NAME!r} must both be optional: a request sends one of them"
+    return None
 
 
 def _describe(tensor) -> str:

@@ -157,8 +157,10 @@ def _check_variant(contract: ModelContract, model_dir: Path, variant: Path) -> N
         raise ContractError(f"{contract.model_name}: {relative} does not parse: {error}") from error
     except ContractError as error:
         raise ContractError(f"{error} (in {relative})") from error
-    # Variants tune batching and backends; tensors, task and labels must be the same.
-    if dataclasses.replace(other, max_batch_size=contract.max_batch_size) != contract:
+    # Variants tune batching and backends; tensors, task and labels must be the same (a CPU variant
+    # may also take the frames as JPEG: clients.contract).
+    same = dataclasses.replace(other, max_batch_size=contract.max_batch_size, takes_jpeg=contract.takes_jpeg)
+    if same != contract:
         raise ContractError(
             f"{contract.model_name}: {relative}: inputs, outputs or task differ from config.pbtxt"
         )

@@ -5,11 +5,13 @@ Triton's dynamic batcher to form batches and to hide network round trips, bounde
 pushes back on the caller instead of queueing frames without limit. Results come back typed
 (``clients.results``) and in each frame's own pixels.
 
-``wire="jpeg"`` sends each frame as JPEG to the model's ``<model>_jpeg`` ensemble and gets
-segmentation masks back as PNG, decoded here: callers get the same results for about a tenth of the
-bytes (``clients/wire.py``). The default stays raw pixels. A request that pins a version (``version``
-here or per call: an A/B split, a rollout check) goes raw to the model itself, because the ensemble
-runs whichever version is newest. ``traffic`` counts the tensor bytes each way.
+``wire="jpeg"`` sends each frame as JPEG and gets segmentation masks back as PNG, decoded here:
+callers get the same results for about a tenth of the bytes (``clients/wire.py``). The frames go to
+the model itself where its served config takes ``jpeg`` (the CPU configs), else to its
+``<model>_jpeg`` ensemble (GPU nodes); which one, Triton's model metadata says. The default stays
+raw pixels. A request that pins a version (``version`` here or per call: an A/B split, a rollout
+check) goes raw to the model itself, because the ensemble runs whichever version is newest.
+``traffic`` counts the tensor bytes each way.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from clients.wire import (
     DEFAULT_JPEG_QUALITY,
     JPEG_INPUT,
     PNG_MASKS,
+    JpegRoute,
     Wire,
     encode_jpeg,
+    jpeg_route,
     jpeg_rows,
     masks_from_pngs,
     tensor_bytes,
-    wire_model_name,
     wire_output_names,
 )
 
@@ -130,7 +133,7 @@ class TritonModelClient:
         self.jpeg_quality = jpeg_quality
         self.traffic = Traffic()
         self._client = grpcclient.InferenceServerClient(grpc_target(url), channel_args=CHANNEL_ARGS)
-        self._wire_state: tuple[float, bool, str] | None = None  # (checked at, ready, version)
+        self._wire_state: tuple[float, JpegRoute] | None = None  # (checked at, the route then)
 
     async def __aenter__(self) -> TritonModelClient:
         return self
@@ -142,7 +145,7 @@ class TritonModelClient:
         await self._client.close()
 
     async def is_ready(self) -> bool:
-        """Triton serves the model (and, with ``wire="jpeg"``, its ``<model>_jpeg`` ensemble)."""
+        """Triton serves the model (and, with ``wire="jpeg"``, takes its frames as JPEG)."""
         try:
             ready = await self._client.is_server_ready() and await self._client.is_model_ready(
                 self.contract.model_name, self.version
@@ -152,8 +155,8 @@ class TritonModelClient:
         return ready and (self.wire == Wire.RAW or await self.jpeg_wire_ready())
 
     async def jpeg_wire_ready(self) -> bool:
-        """Whether Triton serves ``<model>_jpeg`` (looked up at most every few seconds)."""
-        return (await self._jpeg_wire_state())[0]
+        """Whether Triton takes this model's frames as JPEG (looked up at most every few seconds)."""
+        return (await self._jpeg_route()).ready
 
     async def served_versions(self) -> list[str]:
         """Versions of this model Triton reports READY."""
@@ -191,14 +194,16 @@ class TritonModelClient:
 
     async def infer_jpeg(self, jpegs: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
         """One request over the JPEG wire: JPEGs at the model's size -> the model's outputs by name
-        (masks decoded from PNG) and the version ``<model>_jpeg`` ran."""
+        (masks decoded from PNG) and the version of the model that ran."""
         rows, output_names = jpeg_rows(jpegs), wire_output_names(self.contract)
-        response = await self._send(wire_model_name(self.contract.model_name), JPEG_INPUT, rows, output_names)
+        route = await self._jpeg_route()
+        response = await self._send(route.model, JPEG_INPUT, rows, output_names)
         outputs = {name: response.as_numpy(name) for name in output_names}
         self._count(len(jpegs), rows, outputs)
         if PNG_MASKS in outputs:  # a segmentation's masks: back to class ids, bit-identical
             outputs = {self.contract.output_names[0]: masks_from_pngs(outputs[PNG_MASKS])}
-        return outputs, (await self._jpeg_wire_state())[1]
+        # The model reports the version it ran; an ensemble reports its own, so the newest served.
+        return outputs, response.get_response().model_version if route.direct else route.newest_version
 
     async def _send(
         self, model: str, input_name: str, data: np.ndarray, output_names: tuple[str, ...], version: str = ""
@@ -232,8 +237,8 @@ class TritonModelClient:
         self.traffic.bytes_sent += sent.nbytes
         self.traffic.bytes_received += sum(tensor_bytes(array) for array in received.values())
 
-    async def _jpeg_wire_state(self) -> tuple[bool, str]:
-        """(is ``<model>_jpeg`` READY, the newest READY version of the model: what its -1 runs)."""
+    async def _jpeg_route(self) -> JpegRoute:
+        """Where JPEG frames go now (``clients.wire.jpeg_route``), looked up at most every few seconds."""
         now = time.monotonic()
         if self._wire_state is None or now - self._wire_state[0] > WIRE_STATE_TTL_S:
             try:
@@ -241,11 +246,16 @@ class TritonModelClient:
             except InferenceServerException:
                 index = {}
             models = index.get("models", [])
-            ready = {(m.get("name"), m.get("version", "")) for m in models if m.get("state") == "READY"}
-            wire_ready = any(name == wire_model_name(self.contract.model_name) for name, _ in ready)
-            versions = [int(v) for name, v in ready if name == self.contract.model_name and v.isdigit()]
-            self._wire_state = (now, wire_ready, str(max(versions)) if versions else "")
-        return self._wire_state[1:]
+            ready = [(m.get("name", ""), m.get("version", "")) for m in models if m.get("state") == "READY"]
+            inputs: list[str] = []
+            if any(name == self.contract.model_name for name, _ in ready):
+                try:
+                    metadata = await self._client.get_model_metadata(self.contract.model_name, as_json=True)
+                    inputs = [tensor["name"] for tensor in metadata.get("inputs", [])]
+                except InferenceServerException:
+                    pass  # unready meanwhile: the next look finds out
+            self._wire_state = (now, jpeg_route(self.contract.model_name, ready, inputs))
+        return self._wire_state[1]
 
     def _sends_jpeg(self, version: str | None) -> bool:
         """JPEG wire unless a version is pinned (the ensemble runs only the newest, see the top)."""

@@ -1,14 +1,23 @@
 """The JPEG wire: frames go to Triton as JPEG and segmentation masks come back as PNG.
 
 A raw 640x384 frame is 737 KB and its class mask 246 KB; as JPEG (quality 80) and PNG they are
-about 1/11 and 1/40 of that. The repository serves each image model a second way, the ensemble
-``<model>_jpeg`` (``model_repository/<model>_jpeg/config.pbtxt``)::
+about 1/11 and 1/40 of that. The repository serves each image model's frames as JPEG two ways:
+
+- on CPU (``configs/cpu.pbtxt``, the embedded server and CPU nodes) the model itself takes them: an
+  optional input ``jpeg`` beside ``images`` and, for a segmentation, an output ``masks_png``
+  (``clients.contract``); its runner decodes, infers and encodes in one process, so a JPEG frame
+  costs the server what a raw one does (``benchmarks/results/wire_experiments.json``);
+- everywhere, the ensemble ``<model>_jpeg`` (``model_repository/<model>_jpeg/config.pbtxt``), which
+  GPU nodes serve with nvJPEG and TensorRT::
 
     jpeg UINT8 [N, L] -> jpeg_decoder -> images -> <model> -> masks -> mask_encoder -> masks_png BYTES [N, 1]
 
-On CPU, each wire's ``configs/cpu.pbtxt`` runs the same three steps in one python model
-(``model_repository/jpeg_wire.py``: the codecs' own code, the model called through BLS): each step
-of the ensemble is a python stub of its own, and a hop through one costs more than the decoding.
+  On CPU its ``configs/cpu.pbtxt`` runs the same three steps in one python model
+  (``model_repository/jpeg_wire.py``, the model called through BLS) for clients that call it by name.
+
+``jpeg_route`` is where the SDK and the load test send JPEG frames: where Triton serves
+``<model>_jpeg``, to the model itself when its metadata lists the ``jpeg`` input, else to the
+ensemble. The tensors are the same either way.
 
 Detectors and classifiers skip the mask encoder: their outputs are small and come back as they are.
 ``jpeg_decoder`` and ``mask_encoder`` are shared by every model. None of these is a model users
@@ -20,26 +29,28 @@ Each row of ``jpeg`` is one JPEG, zero-padded to the longest of its request (JPE
 the end-of-image marker); the SDK resizes frames to the model's input size before encoding, so the
 server only decodes. A frame that does not decode or is truncated fails its own request only.
 
-Versions: each step runs ``model_version: -1``, the newest version Triton serves. A request that
-pins a version (an A/B test's split, ``version=``) therefore goes to the model itself, raw
-(``TritonModelClient``), and the JPEG wire reports the version ``-1`` resolves to.
+Versions: each step of the ensemble runs ``model_version: -1``, the newest version Triton serves. A
+request that pins a version (an A/B test's split, ``version=``) therefore goes to the model itself,
+raw (``TritonModelClient``); over the ensemble the SDK reports the version ``-1`` resolves to, over
+the model the version that ran.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from clients.contract import ModelContract, Task
+# JPEG_INPUT, PNG_MASKS: the wire's tensors, whose home is the model contract (a model may take them).
+from clients.contract import JPEG_INPUT, PNG_MASKS, ModelContract, Task
 from clients.images import imdecode_rgb
 from clients.masks import decode_mask_png
 
 JPEG_WIRE_SUFFIX = "_jpeg"
-JPEG_INPUT = "jpeg"  # the ensemble's input: UINT8 [N, L]
-PNG_MASKS = "masks_png"  # a segmentation ensemble's output: BYTES [N, 1], one PNG per mask
 # The highest quality of those measured whose frames are <= 1/10 of the raw bytes on the demo video
 # (90 is 1/8), at an mIoU loss of 0.002 (benchmarks/results/wire.json); the web page encodes at 0.8.
 DEFAULT_JPEG_QUALITY = 80
@@ -63,8 +74,33 @@ def wire_model_name(model_name: str) -> str:
     return model_name + JPEG_WIRE_SUFFIX
 
 
+class JpegRoute(NamedTuple):
+    """Where one model's JPEG frames go, from what Triton reports READY."""
+
+    model: str  # the model itself (it takes ``jpeg``) or its ``<model>_jpeg`` ensemble
+    direct: bool  # the model itself: its responses name the version that ran
+    ready: bool  # whether that destination is served at all
+    newest_version: str  # the newest READY version of the model: what the ensemble's -1 runs
+
+
+def jpeg_route(
+    model_name: str, ready: Iterable[tuple[str, str]], model_inputs: Iterable[str] = ()
+) -> JpegRoute:
+    """The route for ``model_name`` given the READY (name, version) pairs of Triton's repository
+    index and the inputs its model metadata lists (empty when unknown). The wire is served when
+    ``<model>_jpeg`` is READY (the server has the codecs: OpenCV, ``jpeg_decoder``, ``mask_encoder``);
+    then frames go to the model itself if it takes ``jpeg``."""
+    ready = list(ready)
+    versions = [int(v) for name, v in ready if name == model_name and v.isdigit()]
+    newest = str(max(versions)) if versions else ""
+    ensemble = wire_model_name(model_name)
+    served = any(name == ensemble for name, _ in ready)
+    direct = served and bool(versions) and JPEG_INPUT in model_inputs
+    return JpegRoute(model_name if direct else ensemble, direct, served, newest)
+
+
 def wire_output_names(contract: ModelContract) -> tuple[str, ...]:
-    """What ``<model>_jpeg`` returns: the model's outputs, a segmentation's masks as PNG."""
+    """What the JPEG wire returns: the model's outputs, a segmentation's masks as PNG."""
     if contract.task == Task.SEGMENTATION:
         return (PNG_MASKS,)
     return contract.output_names

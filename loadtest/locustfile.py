@@ -2,8 +2,9 @@
 
 - ``CameraUser`` streams frames to Triton over gRPC at ``--camera-fps`` with at most
   ``--camera-window`` requests in flight, and counts the frames it has to drop. ``--camera-wire
-  jpeg`` sends each frame as JPEG (``--jpeg-quality``) to ``<model>_jpeg`` and decodes the PNG masks
-  it gets back (``clients/wire.py``); the report's ``wire`` counts tensor bytes sent and received.
+  jpeg`` sends each frame as JPEG (``--jpeg-quality``), to the model or its ``<model>_jpeg``
+  (``clients.wire.jpeg_route``), and decodes the PNG masks it gets back; the report's ``wire``
+  counts tensor bytes sent and received.
 - ``UploadUser`` posts a short video to the gateway and polls the job to completion.
 - ``StepShape`` ramps the users through ``--steps`` (users per step), ``--step-seconds`` each.
 
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, constant_pacing, events, task  # noqa: E402
 from locust.runners import LOCUST_STATE_STOPPING  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 # All cameras share this one process (greenlets): OpenCV's own thread pool would only add wake-ups
 # and contend with the stack for the machine's cores.
@@ -46,10 +48,10 @@ from clients.wire import (  # noqa: E402
     PNG_MASKS,
     Wire,
     encode_jpeg,
+    jpeg_route,
     jpeg_rows,
     masks_from_pngs,
     tensor_bytes,
-    wire_model_name,
     wire_output_names,
 )
 from loadtest.camera import CameraReuse, CameraStream, Reply  # noqa: E402
@@ -211,11 +213,22 @@ class CameraUser(User):
             on_carried=self._report_carried,
         )
         RECORDER.add_camera(self)
+        self.jpeg_model = self._jpeg_model() if WIRE == Wire.JPEG else ""
+
+    def _jpeg_model(self) -> str:
+        """Where this camera's JPEG frames go: the model itself or its ensemble (clients.wire)."""
+        try:
+            index = self.client.get_model_repository_index(as_json=True).get("models", [])
+            ready = [(m.get("name", ""), m.get("version", "")) for m in index if m.get("state") == "READY"]
+            inputs = self.client.get_model_metadata(CONTRACT.model_name, as_json=True).get("inputs", [])
+        except InferenceServerException:  # Triton not serving yet: the ensemble, whose requests then fail
+            ready, inputs = [], []
+        return jpeg_route(CONTRACT.model_name, ready, [tensor["name"] for tensor in inputs]).model
 
     def _infer(self, payload: np.ndarray) -> Reply:
         """One frame (a ``PAYLOADS`` entry): its tensor bytes sent and received, and its prediction."""
         if WIRE == Wire.JPEG:
-            model, input_name = wire_model_name(CONTRACT.model_name), JPEG_INPUT
+            model, input_name = self.jpeg_model, JPEG_INPUT
             names = wire_output_names(CONTRACT)
         else:
             model, input_name, names = CONTRACT.model_name, CONTRACT.input_name, CONTRACT.output_names

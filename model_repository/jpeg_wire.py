@@ -1,5 +1,9 @@
 """Triton python-backend JPEG wire for CPU nodes: ``<model>_jpeg`` as one step instead of three.
 
+On CPU the SDK sends JPEG frames to the model itself (its cpu config takes ``jpeg``: onnx_runner.py),
+which saves this stub's hop; this wire serves clients that call ``<model>_jpeg`` by name, and its
+readiness tells clients that the server has the codecs (``clients.wire.jpeg_route``).
+
 ``configs/cpu.pbtxt`` of each ``<model>_jpeg`` runs this file (each wire folder links
 ``1/model.py -> ../../jpeg_wire.py``): it decodes the request's JPEGs, runs the model it serves
 through BLS (``model_version`` -1: the newest version Triton serves, as the ensemble's steps do) and,

@@ -6,6 +6,7 @@ The rewritten configs are parsed with Triton's own protobuf schema."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -133,7 +134,9 @@ def test_prepare_pins_every_config_and_serves_each_models_chosen_config(synced):
     assert served.backend == "python"
     found = discover(synced)
     assert found.errors == {} and set(found.contracts) == {MODEL, SECOND}
-    assert ModelContract.load(MODEL, synced) == ModelContract.load(MODEL)
+    prepared = ModelContract.load(MODEL, synced)
+    assert prepared.takes_jpeg  # the CPU variant decodes JPEG frames itself
+    assert dataclasses.replace(prepared, takes_jpeg=False) == ModelContract.load(MODEL)
     # No partial files are left behind by the atomic writes.
     assert not list(synced.rglob("*.partial"))
 

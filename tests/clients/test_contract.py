@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -181,3 +182,68 @@ def test_a_copied_model_folder_keeps_its_contract(tmp_path: Path):
         ignore=shutil.ignore_patterns("*.onnx", "model.py"),
     )
     assert ModelContract.load("shelf_segmenter", tmp_path) == ModelContract.load("shelf_segmenter")
+
+
+JPEG_INPUTS = """input [
+  { name: "images" data_type: TYPE_UINT8 dims: [ 64, 96, 3 ] optional: true },
+  { name: "jpeg" data_type: TYPE_UINT8 dims: [ -1 ] optional: true allow_ragged_batch: true }
+]
+"""
+PNG_OUTPUT = '  { name: "masks_png" data_type: TYPE_STRING dims: [ 1 ] }\n'
+
+
+def jpeg_config(name: str, task: str) -> str:
+    outputs = OUTPUTS[task]
+    if task == "segmentation":
+        outputs = outputs.replace("} ]", "},\n" + PNG_OUTPUT + "]")
+    return HEAD.format(name=name) + JPEG_INPUTS + outputs
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_a_config_may_also_take_the_frames_as_jpeg(tmp_path: Path, task: Task):
+    write_model(tmp_path, "m", task.value, body=jpeg_config("m", task.value))
+    contract = ModelContract.load("m", tmp_path)
+    assert contract.takes_jpeg and contract.input_name == "images" and contract.input_size == (64, 96)
+    assert "masks_png" not in contract.output_names  # the raw outputs stay the contract's
+    write_model(tmp_path, "plain", task.value)
+    assert not ModelContract.load("plain", tmp_path).takes_jpeg
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda t: t.replace("dims: [ -1 ] optional: true", "dims: [ 4 ] optional: true"), "TYPE_UINT8 [-1]"),
+        (lambda t: t.replace(" allow_ragged_batch: true", ""), "allow_ragged_batch"),
+        (lambda t: t.replace("dims: [ 64, 96, 3 ] optional: true", "dims: [ 64, 96, 3 ]"), "optional"),
+        (lambda t: t.replace(",\n" + PNG_OUTPUT, "\n"), "masks_png"),
+        (
+            lambda t: t.replace('"masks_png" data_type: TYPE_STRING', '"masks_png" data_type: TYPE_UINT8'),
+            "masks_png",
+        ),
+        (lambda t: t.replace('name: "jpeg"', 'name: "png"'), "expected 'images'"),
+    ],
+)
+def test_a_jpeg_input_that_cannot_serve_the_wire_is_refused_naming_why(tmp_path: Path, edit, reason):
+    write_model(tmp_path, "m", "segmentation", body=edit(jpeg_config("m", "segmentation")))
+    with pytest.raises(ContractError, match=re.escape(reason)):
+        ModelContract.load("m", tmp_path)
+
+
+def test_a_cpu_variant_that_takes_jpeg_keeps_the_contract(tmp_path: Path):
+    model_dir = write_model(tmp_path, "m", "segmentation")
+    (model_dir / "configs").mkdir()
+    variant = (
+        jpeg_config("m", "segmentation")
+        + '\nparameters [ { key: "task" value: { string_value: "segmentation" } } ]\n'
+    )
+    (model_dir / "configs" / "cpu.pbtxt").write_text(variant)
+    found = discover(tmp_path)
+    assert "m" in found.contracts and not found.errors
+
+
+def test_the_served_cpu_configs_take_jpeg_and_the_portable_ones_do_not():
+    """The embedded server's configs decode JPEG in the model's process; config.pbtxt (TensorRT and
+    ONNX Runtime backends, which cannot) keeps the one input."""
+    for model_dir in MODEL_DIRS:
+        assert ModelContract.load(model_dir.name, REPOSITORY, "configs/cpu.pbtxt").takes_jpeg, model_dir.name
+        assert not ModelContract.load(model_dir.name, REPOSITORY).takes_jpeg, model_dir.name

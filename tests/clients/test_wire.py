@@ -24,9 +24,11 @@ from clients.wire import (
     JPEG_INPUT,
     JPEG_WIRE_TASK,
     PNG_MASKS,
+    JpegRoute,
     Wire,
     decode_jpeg,
     encode_jpeg,
+    jpeg_route,
     jpeg_rows,
     looks_like_jpeg,
     masks_from_pngs,
@@ -348,6 +350,32 @@ def test_the_one_step_wire_speaks_the_sdks_tensor_names():
         contract = ModelContract.load(name)
         assert wire.MODEL_INPUT == contract.input_name
         assert wire.model_outputs(list(wire_output_names(contract))) == list(contract.output_names)
+
+
+def test_the_model_runner_speaks_the_sdks_tensor_names():
+    """model_repository/onnx_runner.py takes JPEG frames itself under the SDK's names."""
+    spec = importlib.util.spec_from_file_location("served_onnx_runner", REPOSITORY / "onnx_runner.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    assert (runner.JPEG_INPUT, runner.PNG_MASKS) == (JPEG_INPUT, PNG_MASKS)
+    assert runner.MASKS == ModelContract.load("shelf_segmenter").output_names[0]
+
+
+@pytest.mark.parametrize(
+    ("ready", "inputs", "route"),
+    [
+        # The wire served and the model takes JPEG: straight to the model (no hop through another stub).
+        ([("m", "1"), ("m", "2"), ("m_jpeg", "1")], ["images", "jpeg"], JpegRoute("m", True, True, "2")),
+        # A model that takes raw pixels only (GPU config): the ensemble.
+        ([("m", "2"), ("m_jpeg", "1")], ["images"], JpegRoute("m_jpeg", False, True, "2")),
+        # No wire served (a server without the codecs): not ready, whatever the model's inputs.
+        ([("m", "2")], ["images", "jpeg"], JpegRoute("m_jpeg", False, False, "2")),
+        # The model unready: the ensemble, whose readiness Triton reports.
+        ([("m_jpeg", "1")], [], JpegRoute("m_jpeg", False, True, "")),
+    ],
+)
+def test_jpeg_frames_go_to_the_model_when_it_takes_them(ready, inputs, route):
+    assert jpeg_route("m", ready, inputs) == route
 
 
 def test_every_wire_config_names_its_model_and_runs_the_newest_version():

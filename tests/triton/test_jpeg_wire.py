@@ -114,16 +114,110 @@ def test_the_ensemble_and_the_one_step_wire_answer_with_the_same_bytes(triton, c
     assert [bytes(png) for png in ensemble.ravel()] == [bytes(png) for png in one_step.ravel()]
 
 
-def test_a_frame_of_the_wrong_size_is_refused_naming_the_shapes(triton, contract, frames):
+def inference_count(url: str, model: str) -> int:
+    """Requests Triton has answered for ``model`` (every version), from its statistics API."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    finally:
+        client.close()
+    return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats)
+
+
+def test_on_cpu_the_sdk_sends_jpeg_frames_to_the_model_itself(triton, contract, frames):
+    """The served cpu config takes ``jpeg`` itself: no hop through the one-step wire's stub, and the
+    version reported is the one that ran."""
+    wire = f"{contract.model_name}_jpeg"
+    before = inference_count(triton.grpc_url, contract.model_name), inference_count(triton.grpc_url, wire)
+
+    async def predict():
+        async with TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as client:
+            return (
+                await client.predict_images(frames[:3]),
+                (await client.served_versions())[-1],
+                client.traffic,
+            )
+
+    results, newest, traffic = run(predict())
+    after = inference_count(triton.grpc_url, contract.model_name), inference_count(triton.grpc_url, wire)
+    assert after[0] - before[0] == 1 and after[1] == before[1]  # one request of three frames, to the model
+    assert {result.model_version for result in results} == {newest}
+    assert traffic.bytes_sent <= len(frames[:3]) * contract.height * contract.width * 3 / 10
+
+
+def test_the_model_and_the_one_step_wire_answer_with_the_same_bytes(triton, contract, frames):
+    rows = jpeg_rows([encode_jpeg(frame) for frame in frames[:3]])
+    by_model = infer_once(triton.grpc_url, contract.model_name, "jpeg", rows, "masks_png")
+    by_wire = infer_once(triton.grpc_url, f"{contract.model_name}_jpeg", "jpeg", rows, "masks_png")
+    assert [bytes(png) for png in by_model.ravel()] == [bytes(png) for png in by_wire.ravel()]
+
+
+def test_raw_and_jpeg_requests_batched_together_each_get_their_own_answer(triton, contract, frames):
+    """Requests that name no outputs get all of them from Triton's point of view; the model answers
+    each in its own wire's form, however the dynamic batcher groups them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = jpeg_rows([encode_jpeg(frames[0])])
+    pixels = infer_once(triton.grpc_url, "jpeg_decoder", "jpeg", rows, "images")  # the server's decode
+
+    def send(as_jpeg: bool) -> tuple[list[str], np.ndarray]:
+        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        try:
+            name, data = ("jpeg", rows) if as_jpeg else ("images", pixels)
+            tensor = grpcclient.InferInput(name, list(data.shape), "UINT8")
+            tensor.set_data_from_numpy(data)
+            response = client.infer(contract.model_name, [tensor])
+            names = [output.name for output in response.get_response().outputs]
+            mask = masks_from_pngs(response.as_numpy("masks_png")) if as_jpeg else response.as_numpy("masks")
+            return names, mask
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, [index % 2 == 1 for index in range(24)]))
+    assert {tuple(names) for names, _ in answers[0::2]} == {("masks",)}
+    assert {tuple(names) for names, _ in answers[1::2]} == {("masks_png",)}
+    assert all(np.array_equal(mask, answers[0][1]) for _, mask in answers)  # the same pixels, one mask
+
+
+def test_a_repository_without_the_codecs_serves_raw_frames_and_refuses_jpeg_ones(contract, frames, tmp_path):
+    """A copy holding only the model (a training run's fresh repository, an image without OpenCV):
+    the model still loads and serves raw pixels, a JPEG sent to it anyway is refused saying why, and
+    the SDK does not offer the wire (no ``<model>_jpeg``)."""
+    source, repository = default_repository(), tmp_path / "repository"
+    newest = versions(source / contract.model_name)[-1]
+    older = [str(v) for v in versions(source / contract.model_name) if v != newest]
+    ignore = shutil.ignore_patterns("__pycache__", *older)
+    shutil.copytree(
+        source / contract.model_name, repository / contract.model_name, symlinks=True, ignore=ignore
+    )
+    shutil.copy2(source / "onnx_runner.py", repository / "onnx_runner.py")
+    with TritonServer(
+        repository=repository, models=(contract.model_name,), log_path=tmp_path / "t.log"
+    ) as server:
+        masks = infer_once(server.grpc_url, contract.model_name, "images", frames[0][np.newaxis], "masks")
+        assert masks.shape == (1, contract.height, contract.width)
+        rows = jpeg_rows([encode_jpeg(frames[0])])
+        with pytest.raises(InferenceServerException, match="cannot decode JPEG frames, send raw pixels"):
+            infer_once(server.grpc_url, contract.model_name, "jpeg", rows, "masks_png")
+
+        async def offered() -> bool:
+            async with TritonModelClient(server.grpc_url, contract, wire=Wire.JPEG) as client:
+                return await client.jpeg_wire_ready()
+
+        assert not run(offered())
+        assert "JPEG frames are refused" in server.log_tail(200)
+
+
+@pytest.mark.parametrize("served", ["the model", "the one-step wire"])
+def test_a_frame_of_the_wrong_size_is_refused_naming_the_shapes(triton, contract, frames, served):
+    model = contract.model_name if served == "the model" else f"{contract.model_name}_jpeg"
     small = jpeg_rows([encode_jpeg(frames[0][: contract.height // 2, : contract.width // 2])])
     with pytest.raises(InferenceServerException) as refused:
-        infer_once(triton.grpc_url, f"{contract.model_name}_jpeg", "jpeg", small, "masks_png")
+        infer_once(triton.grpc_url, model, "jpeg", small, "masks_png")
     assert str(contract.height // 2) in str(refused.value) and "shape" in str(refused.value)
     good = jpeg_rows([encode_jpeg(frames[0])])
-    assert infer_once(triton.grpc_url, f"{contract.model_name}_jpeg", "jpeg", good, "masks_png").shape == (
-        1,
-        1,
-    )
+    assert infer_once(triton.grpc_url, model, "jpeg", good, "masks_png").shape == (1, 1)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The live socket over the JPEG wire, against the real embedded Triton (the gateway in this process):
-a browser's JPEG at the model's size goes on to ``<model>_jpeg`` as it is, another size is resized
-and re-encoded, and a bad frame fails alone while the stream goes on."""
+a browser's JPEG at the model's size goes on to Triton as it is (on CPU to the model itself, which
+decodes it), another size is resized and re-encoded, and a bad frame fails alone while the stream
+goes on."""
 
 from __future__ import annotations
 
@@ -40,6 +41,20 @@ def reencoded(monkeypatch) -> list[tuple[int, int]]:
     return sizes
 
 
+@pytest.fixture
+def forwarded(monkeypatch) -> list[list[bytes]]:
+    """The JPEGs of each request the gateway's SDK client sent over the wire."""
+    sent: list[list[bytes]] = []
+    infer_jpeg = TritonModelClient.infer_jpeg
+
+    async def recording(self, jpegs: list[bytes]):
+        sent.append(list(jpegs))
+        return await infer_jpeg(self, jpegs)
+
+    monkeypatch.setattr(TritonModelClient, "infer_jpeg", recording)
+    return sent
+
+
 def inferences(triton, model: str) -> int:
     """Requests Triton's statistics count as succeeded for ``model``."""
     client = httpclient.InferenceServerClient(triton.http_url)
@@ -57,31 +72,38 @@ def frame(contract) -> np.ndarray:
     return render_scene(21, contract.height, contract.width).image
 
 
-def test_a_frame_at_the_models_size_is_forwarded_as_it_is(http, triton, contract, frame, reencoded):
+def test_a_frame_at_the_models_size_is_forwarded_as_it_is(
+    http, triton, contract, frame, reencoded, forwarded
+):
     before = inferences(triton, f"{MODEL}_jpeg"), inferences(triton, MODEL)
+    data = encode_jpeg(frame, 80)
     with http.websocket_connect(f"/v1/models/{MODEL}/live") as socket:
-        socket.send_bytes(encode_jpeg(frame, 80))
+        socket.send_bytes(data)
         answer = socket.receive_json()
     assert "error" not in answer, answer
     assert answer["task"] == "segmentation" and (answer["width"], answer["height"]) == (640, 384)
     assert sum(answer["mask_rle"][1::2]) == contract.height * contract.width
-    assert reencoded == []
-    assert inferences(triton, f"{MODEL}_jpeg") == before[0] + 1
-    assert inferences(triton, MODEL) == before[1] + 1  # the ensemble's step, not a raw request besides
+    assert reencoded == [] and forwarded == [[data]]  # the browser's bytes, as they came
+    # One request, to the model itself: on CPU it decodes the JPEG (no hop through <model>_jpeg).
+    assert inferences(triton, f"{MODEL}_jpeg") == before[0]
+    assert inferences(triton, MODEL) == before[1] + 1
 
 
-def test_a_frame_of_another_size_is_resized_and_reencoded(http, triton, contract, frame, reencoded):
+def test_a_frame_of_another_size_is_resized_and_reencoded(
+    http, triton, contract, frame, reencoded, forwarded
+):
     import cv2
 
     small = cv2.resize(frame, (320, 240))
-    before = inferences(triton, f"{MODEL}_jpeg")
+    before = inferences(triton, MODEL)
     with http.websocket_connect(f"/v1/models/{MODEL}/live") as socket:
         socket.send_bytes(encode_jpeg(small))
         answer = socket.receive_json()
     assert (answer["task"], answer["width"], answer["height"]) == ("segmentation", 320, 240)
     assert sum(answer["mask_rle"][1::2]) == 320 * 240  # in the frame's own pixels
     assert reencoded == [contract.input_size]
-    assert inferences(triton, f"{MODEL}_jpeg") == before + 1
+    assert len(forwarded) == 1 and forwarded[0][0][:2] == b"\xff\xd8"  # re-encoded, sent as JPEG
+    assert inferences(triton, MODEL) == before + 1
 
 
 def test_a_corrupt_and_a_truncated_frame_each_fail_and_the_stream_goes_on(http, frame):

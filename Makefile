@@ -8,7 +8,7 @@ VENV := .venv
 TRITON_VENV := .venv-triton
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-fast lint serve loadtest bench perf-analyzer clean
+.PHONY: install demo test test-fast lint serve loadtest bench perf-analyzer clean docs-screens
 
 install: $(VENV)/.installed $(TRITON_VENV)/.installed tools
 
@@ -75,6 +75,11 @@ lint: install
 
 test: lint
 	$(VENV)/bin/python -m pytest -q -ra
+
+# The browser tests, writing their screenshots into docs/ and the live page's figures into
+# benchmarks/results/web_live.json (a plain test run writes them under out/docs/).
+docs-screens: install
+	PRODSEG_PUBLISH_SCREENS=1 $(VENV)/bin/python -m pytest -q tests/web
 
 # Everything but the tests that start Triton or train (seconds instead of minutes).
 test-fast: install

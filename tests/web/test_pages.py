@@ -28,8 +28,11 @@ from tests.web.conftest import PHONE  # noqa: E402
 pytestmark = pytest.mark.triton
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs"
-LIVE_RESULTS = ROOT / "benchmarks" / "results" / "web_live.json"
+# The screenshots and the live page's figures refresh docs/ and benchmarks/results/ only when asked
+# (`make docs-screens`); otherwise they go to out/, so a test run leaves the working tree as it was.
+PUBLISH = os.environ.get("PRODSEG_PUBLISH_SCREENS") == "1"
+DOCS = ROOT / "docs" if PUBLISH else ROOT / "out" / "docs"
+LIVE_RESULTS = (ROOT / "benchmarks" / "results" if PUBLISH else DOCS) / "web_live.json"
 # The models the embedded Triton serves: every valid one with a published version.
 CONTRACTS = {
     name: contract for name, contract in discover().contracts.items() if versions(default_repository() / name)

@@ -137,7 +137,10 @@ def write(result: dict, out: Path) -> None:
     (out / "temporal.json").write_text(json.dumps(temporal, indent=2) + "\n")
     plot(temporal, out / "temporal.png")
     summary = result | {
-        "wire": {key: wire[key] for key in ("raw", "jpeg", "default_quality", "met", "cpu_bound_fps_ratio")},
+        "wire": {
+            key: wire[key]
+            for key in ("raw", "jpeg", "saturated", "default_quality", "met", "cpu_bound_fps_ratio")
+        },
         "temporal": {
             "default": temporal["default"],
             "target": temporal["target"],
@@ -182,6 +185,9 @@ def write(result: dict, out: Path) -> None:
         f"{wire['jpeg']['bytes_down_per_frame']:.0f} | {s['bytes_down_ratio']} | <= 0.05 |",
         f"| frames/s (SDK, 4 in flight) | {wire['raw']['fps']:.1f} | {wire['jpeg']['fps']:.1f} "
         f"| {s['compressed_fps_ratio']} | >= 0.9 |",
+        f"| frames/s (SDK, {wire['saturated']['in_flight']} in flight: the server busy on both paths) | "
+        f"{wire['saturated']['raw']['fps']:.1f} | {wire['saturated']['jpeg']['fps']:.1f} "
+        f"| {s['compressed_fps_ratio_saturated']} | >= 0.9 |",
         f"| demo mIoU | {wire['raw']['miou']} | {wire['jpeg']['miou']} | loss {s['compressed_miou_loss']} "
         "| <= 0.005 |",
         f"| engine calls, temporal reuse, video jobs (worst of 2 videos) | 1x | {s['temporal_calls_saved']}x "

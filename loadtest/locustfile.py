@@ -197,6 +197,7 @@ class CameraUser(User):
         self.client = grpcclient.InferenceServerClient(
             grpc_target(options.triton_grpc), channel_args=CHANNEL_ARGS if several else None
         )
+        self.jpeg_model = self._jpeg_model() if WIRE == Wire.JPEG else ""  # before the camera starts
         settings = ReuseSettings(
             ReuseMode(options.camera_reuse),
             max_interval=options.camera_max_interval,
@@ -213,7 +214,6 @@ class CameraUser(User):
             on_carried=self._report_carried,
         )
         RECORDER.add_camera(self)
-        self.jpeg_model = self._jpeg_model() if WIRE == Wire.JPEG else ""
 
     def _jpeg_model(self) -> str:
         """Where this camera's JPEG frames go: the model itself or its ensemble (clients.wire)."""

@@ -67,6 +67,40 @@ def test_cameras_with_a_lookahead_send_keyframes_only_and_answer_every_frame(tmp
     assert wire["frames"] / 2 >= keyframes >= wire["frames"] / 6
 
 
+def inference_count(url: str, model: str) -> int:
+    """Requests Triton has answered for ``model`` (every version), from its statistics API."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    finally:
+        client.close()
+    return sum(int(entry["inference_stats"]["success"].get("count", 0)) for entry in stats)
+
+
+@pytest.mark.triton
+def test_jpeg_cameras_send_a_tenth_of_the_bytes_to_the_model_itself(tmp_path, triton, gateway):
+    """On the embedded (CPU) server the model decodes the cameras' JPEGs: no hop through <model>_jpeg."""
+    model = "shelf_segmenter"
+    before = inference_count(triton.grpc_url, model), inference_count(triton.grpc_url, f"{model}_jpeg")
+    result = loadtest(
+        "--host", gateway.url, "--triton-grpc", triton.grpc_url, "--model", model, "--steps", "1",
+        "--step-seconds", "4", "--fps", "10", "--wire", "jpeg", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    (step,) = report["steps"]
+    assert step["failed"] == 0 and step["completed"] > 0
+    wire = report["wire"]
+    assert (
+        wire["bytes_sent_per_frame"] <= 384 * 640 * 3 / 10
+        and wire["bytes_received_per_frame"] <= 384 * 640 / 20
+    )
+    assert inference_count(triton.grpc_url, model) - before[0] >= step["completed"]
+    assert inference_count(triton.grpc_url, f"{model}_jpeg") == before[1]
+
+
 def test_a_down_stack_fails_fast_with_the_reason(tmp_path):
     port = free_port()
     result = loadtest(

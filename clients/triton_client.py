@@ -10,8 +10,9 @@ callers get the same results for about a tenth of the bytes (``clients/wire.py``
 the model itself where its served config takes ``jpeg`` (the CPU configs), else to its
 ``<model>_jpeg`` ensemble (GPU nodes); which one, Triton's model metadata says. The default stays
 raw pixels. A request that pins a version (``version`` here or per call: an A/B split, a rollout
-check) goes raw to the model itself, because the ensemble runs whichever version is newest.
-``traffic`` counts the tensor bytes each way.
+check) goes as JPEG only to the model itself, with the version; where the frames would go to the
+ensemble, which runs whichever version is newest, it goes raw. ``traffic`` counts the tensor bytes
+each way.
 """
 
 from __future__ import annotations
@@ -192,12 +193,17 @@ class TritonModelClient:
         self._count(len(images), images, outputs)
         return outputs, response.get_response().model_version
 
-    async def infer_jpeg(self, jpegs: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+    async def infer_jpeg(
+        self, jpegs: list[bytes], version: str = "", route: JpegRoute | None = None
+    ) -> tuple[dict[str, np.ndarray], str]:
         """One request over the JPEG wire: JPEGs at the model's size -> the model's outputs by name
-        (masks decoded from PNG) and the version of the model that ran."""
+        (masks decoded from PNG) and the version of the model that ran. ``version`` pins one, which
+        only the model itself can run (``route``: the one the caller chose the wire by)."""
         rows, output_names = jpeg_rows(jpegs), wire_output_names(self.contract)
-        route = await self._jpeg_route()
-        response = await self._send(route.model, JPEG_INPUT, rows, output_names)
+        route = route or await self._jpeg_route()
+        if version and not route.direct:
+            raise InferenceError(f"{route.model} runs the newest version only; send version {version} raw")
+        response = await self._send(route.model, JPEG_INPUT, rows, output_names, version)
         outputs = {name: response.as_numpy(name) for name in output_names}
         self._count(len(jpegs), rows, outputs)
         if PNG_MASKS in outputs:  # a segmentation's masks: back to class ids, bit-identical
@@ -257,14 +263,19 @@ class TritonModelClient:
             self._wire_state = (now, jpeg_route(self.contract.model_name, ready, inputs))
         return self._wire_state[1]
 
-    def _sends_jpeg(self, version: str | None) -> bool:
-        """JPEG wire unless a version is pinned (the ensemble runs only the newest, see the top)."""
-        return self.wire == Wire.JPEG and not (self.version if version is None else version)
+    async def _jpeg_route_for(self, version: str | None) -> JpegRoute | None:
+        """The route a request's frames take as JPEG, or None when they go raw: the raw wire, or a
+        pinned version the route cannot run (the ensemble runs only the newest, see the top)."""
+        if self.wire != Wire.JPEG:
+            return None
+        route = await self._jpeg_route()
+        pinned = self.version if version is None else version
+        return route if route.direct or not pinned else None
 
-    def _payload(self, group: list[np.ndarray], version: str | None) -> np.ndarray | list[bytes]:
+    def _payload(self, group: list[np.ndarray], as_jpeg: bool) -> np.ndarray | list[bytes]:
         """A request's frames at the model's size: a raw batch, or one JPEG each."""
         inputs = [self.contract.to_model_input(frame) for frame in group]
-        if self._sends_jpeg(version):
+        if as_jpeg:
             return [encode_jpeg(image, self.jpeg_quality) for image in inputs]
         return np.stack(inputs)
 
@@ -278,13 +289,14 @@ class TritonModelClient:
         size = self.contract.max_batch_size
         for start in range(0, len(frames), size):
             group = frames[start : start + size]
+            route = await self._jpeg_route_for(version)
             started = time.perf_counter()
-            payload = self._payload(group, version)
+            payload = self._payload(group, route is not None)
             preprocess = time.perf_counter() - started
             entry = (
                 start,
                 [f.shape for f in group],
-                asyncio.ensure_future(self._timed_infer(payload, version)),
+                asyncio.ensure_future(self._timed_infer(payload, version, route)),
                 preprocess,
             )
             results.extend(await _collect(entry, self.contract))
@@ -304,10 +316,11 @@ class TritonModelClient:
         index = start_index
         try:
             async for group in _grouped(frames, self.frames_per_request):
+                route = await self._jpeg_route_for(None)
                 started = time.perf_counter()
-                payload = self._payload(group, None)
+                payload = self._payload(group, route is not None)
                 preprocess = time.perf_counter() - started
-                task = asyncio.ensure_future(self._timed_infer(payload))
+                task = asyncio.ensure_future(self._timed_infer(payload, None, route))
                 in_flight.append((index, [frame.shape for frame in group], task, preprocess))
                 index += len(group)
                 if len(in_flight) >= self.max_in_flight:
@@ -321,11 +334,12 @@ class TritonModelClient:
                 task.cancel()
 
     async def _timed_infer(
-        self, payload: np.ndarray | list[bytes], version: str | None = None
+        self, payload: np.ndarray | list[bytes], version: str | None = None, route: JpegRoute | None = None
     ) -> tuple[dict[str, np.ndarray], str, float]:
         started = time.perf_counter()
         if isinstance(payload, list):
-            outputs, served_version = await self.infer_jpeg(payload)
+            pinned = self.version if version is None else version
+            outputs, served_version = await self.infer_jpeg(payload, pinned, route)
         else:
             outputs, served_version = await self.infer_versioned(payload, version)
         return outputs, served_version, time.perf_counter() - started

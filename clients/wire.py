@@ -30,9 +30,9 @@ the end-of-image marker); the SDK resizes frames to the model's input size befor
 server only decodes. A frame that does not decode or is truncated fails its own request only.
 
 Versions: each step of the ensemble runs ``model_version: -1``, the newest version Triton serves. A
-request that pins a version (an A/B test's split, ``version=``) therefore goes to the model itself,
-raw (``TritonModelClient``); over the ensemble the SDK reports the version ``-1`` resolves to, over
-the model the version that ran.
+request that pins a version (an A/B test's split, ``version=``) therefore goes as JPEG only where the
+model itself takes it, with the version, and raw otherwise (``TritonModelClient``); over the ensemble
+the SDK reports the version ``-1`` resolves to, over the model the version that ran.
 """
 
 from __future__ import annotations

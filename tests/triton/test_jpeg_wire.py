@@ -1,7 +1,8 @@
-"""The JPEG wire through the real embedded Triton: ``<model>_jpeg`` (the embedded server runs each wire's
-configs/cpu.pbtxt, one python step; the portable config.pbtxt is an ensemble, served here too and
-compared), the SDK's ``wire="jpeg"``, bad frames failing alone, pinned versions going raw, and the
-helpers staying out of the model lists."""
+"""The JPEG wire through the real embedded Triton: the model decoding JPEG itself (its cpu config),
+``<model>_jpeg`` (the embedded server runs each wire's configs/cpu.pbtxt, one python step; the
+portable config.pbtxt is an ensemble, served here too and compared), the SDK's ``wire="jpeg"``, bad
+frames failing alone, pinned versions keeping their pin, and the helpers staying out of the model
+lists."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from clients.contract import ModelContract, default_repository
 from clients.repository import discover, versions
 from clients.results import Detections
 from clients.triton_client import InferenceError, TritonModelClient
-from clients.wire import Wire, decode_jpeg, encode_jpeg, jpeg_rows, masks_from_pngs
+from clients.wire import JpegRoute, Wire, decode_jpeg, encode_jpeg, jpeg_rows, masks_from_pngs
 from prodseg.triton_server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -269,8 +270,31 @@ def test_a_frame_of_another_size_is_resized_before_encoding(triton, contract, fr
     assert traffic.bytes_sent < contract.height * contract.width * 3 / 10
 
 
-def test_a_pinned_version_goes_raw_to_the_model(triton, contract, frames):
-    """The ensemble runs the newest version only; a pinned request (A/B split, ``version=``) must not."""
+def test_a_pinned_version_goes_as_jpeg_to_the_model_itself(triton, contract, frames):
+    """On CPU the model takes JPEG, so a pinned request (A/B split, ``version=``) keeps the wire and
+    its pin: the version that ran is the one asked for, and one Triton does not serve is refused."""
+
+    async def predict():
+        async with TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as client:
+            newest = (await client.served_versions())[-1]
+            pinned = await client.predict_image(frames[0], version=newest)
+            with pytest.raises(InferenceError):
+                await client.predict_image(frames[0], version=str(int(newest) + 1))
+            return newest, pinned, client.traffic.bytes_sent
+
+    newest, pinned, sent = run(predict())
+    assert pinned.model_version == newest
+    assert sent <= 2 * contract.height * contract.width * 3 / 10  # both requests went as JPEG
+
+
+def test_a_pinned_version_goes_raw_where_jpeg_goes_to_the_ensemble(triton, contract, frames, monkeypatch):
+    """The ensemble runs the newest version only (GPU nodes); a pinned request must not go there."""
+    wire = JpegRoute(f"{contract.model_name}_jpeg", direct=False, ready=True, newest_version="")
+
+    async def ensemble_route(self) -> JpegRoute:
+        return wire._replace(newest_version=(await self.served_versions())[-1])
+
+    monkeypatch.setattr(TritonModelClient, "_jpeg_route", ensemble_route)
 
     async def predict():
         async with TritonModelClient(triton.grpc_url, contract, wire=Wire.JPEG) as client:
@@ -281,10 +305,11 @@ def test_a_pinned_version_goes_raw_to_the_model(triton, contract, frames):
             pinned_bytes = client.traffic.bytes_sent - after_unpinned
         async with TritonModelClient(triton.grpc_url, contract, version=newest, wire=Wire.JPEG) as client:
             await client.predict_image(frames[0])
-            return newest, unpinned, pinned, pinned_bytes, client.traffic.bytes_sent
+            return newest, unpinned, pinned, after_unpinned, pinned_bytes, client.traffic.bytes_sent
 
-    newest, unpinned, pinned, pinned_bytes, pinned_client_bytes = run(predict())
+    newest, unpinned, pinned, unpinned_bytes, pinned_bytes, pinned_client_bytes = run(predict())
     raw_bytes = contract.height * contract.width * 3
+    assert unpinned_bytes <= raw_bytes / 10  # the ensemble, as JPEG
     assert pinned_bytes == pinned_client_bytes == raw_bytes
     assert pinned.model_version == unpinned.model_version == newest
 

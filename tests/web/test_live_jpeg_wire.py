@@ -47,9 +47,9 @@ def forwarded(monkeypatch) -> list[list[bytes]]:
     sent: list[list[bytes]] = []
     infer_jpeg = TritonModelClient.infer_jpeg
 
-    async def recording(self, jpegs: list[bytes]):
+    async def recording(self, jpegs: list[bytes], *args):
         sent.append(list(jpegs))
-        return await infer_jpeg(self, jpegs)
+        return await infer_jpeg(self, jpegs, *args)
 
     monkeypatch.setattr(TritonModelClient, "infer_jpeg", recording)
     return sent

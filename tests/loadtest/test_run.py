@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from prodseg.processes import free_port
+from tests.triton_statistics import inference_count
 
 
 def loadtest(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -65,18 +66,6 @@ def test_cameras_with_a_lookahead_send_keyframes_only_and_answer_every_frame(tmp
     # Keyframes at most 5 frames apart: between a sixth and a half of the frames were requests.
     keyframes = wire["frames"] - wire["propagated_frames"]
     assert wire["frames"] / 2 >= keyframes >= wire["frames"] / 6
-
-
-def inference_count(url: str, model: str) -> int:
-    """Requests Triton has answered for ``model`` (every version), from its statistics API."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
-    finally:
-        client.close()
-    return sum(int(entry["inference_stats"]["success"].get("count", 0)) for entry in stats)
 
 
 @pytest.mark.triton

@@ -24,6 +24,7 @@ from clients.results import Detections
 from clients.triton_client import InferenceError, TritonModelClient
 from clients.wire import JpegRoute, Wire, decode_jpeg, encode_jpeg, jpeg_rows, masks_from_pngs
 from prodseg.triton_server import TritonServer
+from tests.triton_statistics import inference_count
 
 pytestmark = pytest.mark.triton
 
@@ -113,16 +114,6 @@ def test_the_ensemble_and_the_one_step_wire_answer_with_the_same_bytes(triton, c
         assert wire in server.companions and "jpeg_decoder" in server.companions
         ensemble = infer_once(server.grpc_url, wire, "jpeg", rows, "masks_png")
     assert [bytes(png) for png in ensemble.ravel()] == [bytes(png) for png in one_step.ravel()]
-
-
-def inference_count(url: str, model: str) -> int:
-    """Requests Triton has answered for ``model`` (every version), from its statistics API."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
-    finally:
-        client.close()
-    return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats)
 
 
 def test_on_cpu_the_sdk_sends_jpeg_frames_to_the_model_itself(triton, contract, frames):

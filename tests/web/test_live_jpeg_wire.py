@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from fastapi.testclient import TestClient
 
 import gateway.web
@@ -15,6 +14,7 @@ from clients.triton_client import TritonModelClient
 from clients.wire import encode_jpeg
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from tests.triton_statistics import inference_count
 
 pytestmark = pytest.mark.triton
 
@@ -55,16 +55,6 @@ def forwarded(monkeypatch) -> list[list[bytes]]:
     return sent
 
 
-def inferences(triton, model: str) -> int:
-    """Requests Triton's statistics count as succeeded for ``model``."""
-    client = httpclient.InferenceServerClient(triton.http_url)
-    try:
-        stats = client.get_inference_statistics(model)["model_stats"]
-    finally:
-        client.close()
-    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
-
-
 @pytest.fixture(scope="module")
 def frame(contract) -> np.ndarray:
     from datagen.shelves import render_scene
@@ -75,7 +65,7 @@ def frame(contract) -> np.ndarray:
 def test_a_frame_at_the_models_size_is_forwarded_as_it_is(
     http, triton, contract, frame, reencoded, forwarded
 ):
-    before = inferences(triton, f"{MODEL}_jpeg"), inferences(triton, MODEL)
+    before = inference_count(triton.grpc_url, f"{MODEL}_jpeg"), inference_count(triton.grpc_url, MODEL)
     data = encode_jpeg(frame, 80)
     with http.websocket_connect(f"/v1/models/{MODEL}/live") as socket:
         socket.send_bytes(data)
@@ -85,8 +75,8 @@ def test_a_frame_at_the_models_size_is_forwarded_as_it_is(
     assert sum(answer["mask_rle"][1::2]) == contract.height * contract.width
     assert reencoded == [] and forwarded == [[data]]  # the browser's bytes, as they came
     # One request, to the model itself: on CPU it decodes the JPEG (no hop through <model>_jpeg).
-    assert inferences(triton, f"{MODEL}_jpeg") == before[0]
-    assert inferences(triton, MODEL) == before[1] + 1
+    assert inference_count(triton.grpc_url, f"{MODEL}_jpeg") == before[0]
+    assert inference_count(triton.grpc_url, MODEL) == before[1] + 1
 
 
 def test_a_frame_of_another_size_is_resized_and_reencoded(
@@ -95,7 +85,7 @@ def test_a_frame_of_another_size_is_resized_and_reencoded(
     import cv2
 
     small = cv2.resize(frame, (320, 240))
-    before = inferences(triton, MODEL)
+    before = inference_count(triton.grpc_url, MODEL)
     with http.websocket_connect(f"/v1/models/{MODEL}/live") as socket:
         socket.send_bytes(encode_jpeg(small))
         answer = socket.receive_json()
@@ -103,7 +93,7 @@ def test_a_frame_of_another_size_is_resized_and_reencoded(
     assert sum(answer["mask_rle"][1::2]) == 320 * 240  # in the frame's own pixels
     assert reencoded == [contract.input_size]
     assert len(forwarded) == 1 and forwarded[0][0][:2] == b"\xff\xd8"  # re-encoded, sent as JPEG
-    assert inferences(triton, MODEL) == before + 1
+    assert inference_count(triton.grpc_url, MODEL) == before + 1
 
 
 def test_a_corrupt_and_a_truncated_frame_each_fail_and_the_stream_goes_on(http, frame):
@@ -125,10 +115,10 @@ def test_without_the_wire_served_the_frame_goes_raw(http, triton, frame, monkeyp
         return False
 
     monkeypatch.setattr(TritonModelClient, "jpeg_wire_ready", not_served)
-    before = inferences(triton, f"{MODEL}_jpeg"), inferences(triton, MODEL)
+    before = inference_count(triton.grpc_url, f"{MODEL}_jpeg"), inference_count(triton.grpc_url, MODEL)
     with http.websocket_connect(f"/v1/models/{MODEL}/live") as socket:
         socket.send_bytes(encode_jpeg(frame))
         answer = socket.receive_json()
     assert answer["task"] == "segmentation"
-    assert inferences(triton, f"{MODEL}_jpeg") == before[0]
-    assert inferences(triton, MODEL) == before[1] + 1
+    assert inference_count(triton.grpc_url, f"{MODEL}_jpeg") == before[0]
+    assert inference_count(triton.grpc_url, MODEL) == before[1] + 1

@@ -36,7 +36,7 @@ from clients.wire import (
     JpegRoute,
     Wire,
     encode_jpeg,
-    jpeg_route,
+    jpeg_route_from_triton,
     jpeg_rows,
     masks_from_pngs,
     tensor_bytes,
@@ -186,7 +186,7 @@ class TritonModelClient:
     ) -> tuple[dict[str, np.ndarray], str]:
         """Like ``infer``, and the version Triton ran (``version``: a specific one; None: its choice)."""
         names = self.contract.output_names
-        version = self.version if version is None else version
+        version = self._pinned(version)
         model, input_name = self.contract.model_name, self.contract.input_name
         response = await self._send(model, input_name, images, names, version)
         outputs = {name: response.as_numpy(name) for name in names}
@@ -247,20 +247,13 @@ class TritonModelClient:
         """Where JPEG frames go now (``clients.wire.jpeg_route``), looked up at most every few seconds."""
         now = time.monotonic()
         if self._wire_state is None or now - self._wire_state[0] > WIRE_STATE_TTL_S:
+            index, metadata = {}, None
             try:
                 index = await self._client.get_model_repository_index(as_json=True)
+                metadata = await self._client.get_model_metadata(self.contract.model_name, as_json=True)
             except InferenceServerException:
-                index = {}
-            models = index.get("models", [])
-            ready = [(m.get("name", ""), m.get("version", "")) for m in models if m.get("state") == "READY"]
-            inputs: list[str] = []
-            if any(name == self.contract.model_name for name, _ in ready):
-                try:
-                    metadata = await self._client.get_model_metadata(self.contract.model_name, as_json=True)
-                    inputs = [tensor["name"] for tensor in metadata.get("inputs", [])]
-                except InferenceServerException:
-                    pass  # unready meanwhile: the next look finds out
-            self._wire_state = (now, jpeg_route(self.contract.model_name, ready, inputs))
+                pass  # unready (or gone) meanwhile: the next look finds out
+            self._wire_state = (now, jpeg_route_from_triton(self.contract.model_name, index, metadata))
         return self._wire_state[1]
 
     async def _jpeg_route_for(self, version: str | None) -> JpegRoute | None:
@@ -269,8 +262,11 @@ class TritonModelClient:
         if self.wire != Wire.JPEG:
             return None
         route = await self._jpeg_route()
-        pinned = self.version if version is None else version
-        return route if route.direct or not pinned else None
+        return route if route.direct or not self._pinned(version) else None
+
+    def _pinned(self, version: str | None) -> str:
+        """The version a request pins: its own, else the client's ("" = Triton's choice)."""
+        return self.version if version is None else version
 
     def _payload(self, group: list[np.ndarray], as_jpeg: bool) -> np.ndarray | list[bytes]:
         """A request's frames at the model's size: a raw batch, or one JPEG each."""
@@ -338,8 +334,7 @@ class TritonModelClient:
     ) -> tuple[dict[str, np.ndarray], str, float]:
         started = time.perf_counter()
         if isinstance(payload, list):
-            pinned = self.version if version is None else version
-            outputs, served_version = await self.infer_jpeg(payload, pinned, route)
+            outputs, served_version = await self.infer_jpeg(payload, self._pinned(version), route)
         else:
             outputs, served_version = await self.infer_versioned(payload, version)
         return outputs, served_version, time.perf_counter() - started

@@ -99,6 +99,15 @@ def jpeg_route(
     return JpegRoute(model_name if direct else ensemble, direct, served, newest)
 
 
+def jpeg_route_from_triton(model_name: str, index: dict, metadata: dict | None) -> JpegRoute:
+    """``jpeg_route`` from Triton's answers as JSON: its repository index and the model's metadata
+    (None when it could not be read)."""
+    models = index.get("models", [])
+    ready = [(m.get("name", ""), m.get("version", "")) for m in models if m.get("state") == "READY"]
+    inputs = [tensor["name"] for tensor in (metadata or {}).get("inputs", [])]
+    return jpeg_route(model_name, ready, inputs)
+
+
 def wire_output_names(contract: ModelContract) -> tuple[str, ...]:
     """What the JPEG wire returns: the model's outputs, a segmentation's masks as PNG."""
     if contract.task == Task.SEGMENTATION:

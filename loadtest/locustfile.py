@@ -48,7 +48,7 @@ from clients.wire import (  # noqa: E402
     PNG_MASKS,
     Wire,
     encode_jpeg,
-    jpeg_route,
+    jpeg_route_from_triton,
     jpeg_rows,
     masks_from_pngs,
     tensor_bytes,
@@ -217,13 +217,13 @@ class CameraUser(User):
 
     def _jpeg_model(self) -> str:
         """Where this camera's JPEG frames go: the model itself or its ensemble (clients.wire)."""
+        index, metadata = {}, None
         try:
-            index = self.client.get_model_repository_index(as_json=True).get("models", [])
-            ready = [(m.get("name", ""), m.get("version", "")) for m in index if m.get("state") == "READY"]
-            inputs = self.client.get_model_metadata(CONTRACT.model_name, as_json=True).get("inputs", [])
+            index = self.client.get_model_repository_index(as_json=True)
+            metadata = self.client.get_model_metadata(CONTRACT.model_name, as_json=True)
         except InferenceServerException:  # Triton not serving yet: the ensemble, whose requests then fail
-            ready, inputs = [], []
-        return jpeg_route(CONTRACT.model_name, ready, [tensor["name"] for tensor in inputs]).model
+            pass
+        return jpeg_route_from_triton(CONTRACT.model_name, index, metadata).model
 
     def _infer(self, payload: np.ndarray) -> Reply:
         """One frame (a ``PAYLOADS`` entry): its tensor bytes sent and received, and its prediction."""

@@ -29,6 +29,7 @@ from clients.wire import (
     decode_jpeg,
     encode_jpeg,
     jpeg_route,
+    jpeg_route_from_triton,
     jpeg_rows,
     looks_like_jpeg,
     masks_from_pngs,
@@ -376,6 +377,20 @@ def test_the_model_runner_speaks_the_sdks_tensor_names():
 )
 def test_jpeg_frames_go_to_the_model_when_it_takes_them(ready, inputs, route):
     assert jpeg_route("m", ready, inputs) == route
+
+
+def test_the_route_reads_tritons_index_and_metadata_as_json():
+    index = {
+        "models": [
+            {"name": "m", "version": "1", "state": "UNAVAILABLE"},
+            {"name": "m", "version": "2", "state": "READY"},
+            {"name": "m_jpeg", "version": "1", "state": "READY"},
+        ]
+    }
+    metadata = {"name": "m", "inputs": [{"name": "images"}, {"name": "jpeg"}]}
+    assert jpeg_route_from_triton("m", index, metadata) == JpegRoute("m", True, True, "2")
+    assert jpeg_route_from_triton("m", index, None) == JpegRoute("m_jpeg", False, True, "2")
+    assert jpeg_route_from_triton("m", {}, None) == JpegRoute("m_jpeg", False, False, "")
 
 
 def test_every_wire_config_names_its_model_and_runs_the_newest_version():

@@ -11,6 +11,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from clients.config_text import replace_field
 from clients.contract import ModelContract, default_repository
 from clients.repository import discover, versions
 from clients.results import Detections
 from clients.triton_client import InferenceError, TritonModelClient
 from clients.wire import JpegRoute, Wire, decode_jpeg, encode_jpeg, jpeg_rows, masks_from_pngs
 from prodseg.triton_server import TritonServer
-from tests.triton_statistics import inference_count
+from tests.triton_statistics import ModelStatistics, inference_count, statistics
 
 pytestmark = pytest.mark.triton
 
@@ -50,6 +53,46 @@ def infer_once(url: str, model: str, name: str, data: np.ndarray, output: str) -
         return client.infer(model, [tensor]).as_numpy(output)
     finally:
         client.close()
+
+
+def copy_newest_version(model: str, repository: Path, companions: tuple[str, ...] = ()) -> Path:
+    """A scratch repository holding the served repository's newest version of ``model``, the runner
+    its cpu config loads, and the ``companions`` steps named."""
+    source = default_repository()
+    newest = versions(source / model)[-1]
+    older = [str(v) for v in versions(source / model) if v != newest]
+    ignore = shutil.ignore_patterns("__pycache__", *older)
+    shutil.copytree(source / model, repository / model, symlinks=True, ignore=ignore)
+    for step in companions:
+        shutil.copytree(source / step, repository / step, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(source / "onnx_runner.py", repository / "onnx_runner.py")
+    return repository
+
+
+@pytest.fixture(scope="module")
+def batching_triton(contract, tmp_path_factory) -> TritonServer:
+    """The model served with a queue delay, so that concurrent requests share an execution: the served
+    cpu config hands each instance one request at a time (batches buy nothing on a CPU), yet the runner
+    must still answer requests that were batched together (other models' configs, GPU-style configs)."""
+    directory = tmp_path_factory.mktemp("batching")
+    repository = copy_newest_version(
+        contract.model_name, directory / "repository", ("jpeg_decoder", "mask_encoder")
+    )
+    config = repository / contract.model_name / "configs" / "cpu.pbtxt"
+    waits = "dynamic_batching { max_queue_delay_microseconds: 200000 }"
+    config.write_text(replace_field(config.read_text(), "dynamic_batching", waits))
+    with TritonServer(
+        repository=repository, models=(contract.model_name,), log_path=directory / "t.log"
+    ) as server:
+        yield server
+
+
+def counted_while(url: str, model: str, send: Callable[[], None]) -> ModelStatistics:
+    """What Triton's statistics count for ``model`` while ``send()`` runs."""
+    before = statistics(url, model)
+    send()
+    after = statistics(url, model)
+    return ModelStatistics(after.requests - before.requests, after.executions - before.executions)
 
 
 def test_the_server_loads_the_wire_beside_the_models(triton: TritonServer):
@@ -144,16 +187,16 @@ def test_the_model_and_the_one_step_wire_answer_with_the_same_bytes(triton, cont
     assert [bytes(png) for png in by_model.ravel()] == [bytes(png) for png in by_wire.ravel()]
 
 
-def test_raw_and_jpeg_requests_batched_together_each_get_their_own_answer(triton, contract, frames):
+def test_batched_requests_each_get_the_answer_of_their_own_wire(batching_triton, triton, contract, frames):
     """Requests that name no outputs get all of them from Triton's point of view; the model answers
-    each in its own wire's form, however the dynamic batcher groups them."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    each in its own wire's form, PNGs for JPEG frames and class ids for raw ones, however many shared
+    its execution. (Triton batches only requests that send the same inputs: a raw and a JPEG request
+    never share one, and raw and JPEG requests in one queue break each other's batches.)"""
     rows = jpeg_rows([encode_jpeg(frames[0])])
     pixels = infer_once(triton.grpc_url, "jpeg_decoder", "jpeg", rows, "images")  # the server's decode
 
     def send(as_jpeg: bool) -> tuple[list[str], np.ndarray]:
-        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        client = grpcclient.InferenceServerClient(batching_triton.grpc_url)
         try:
             name, data = ("jpeg", rows) if as_jpeg else ("images", pixels)
             tensor = grpcclient.InferInput(name, list(data.shape), "UINT8")
@@ -165,10 +208,17 @@ def test_raw_and_jpeg_requests_batched_together_each_get_their_own_answer(triton
         finally:
             client.close()
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(send, [index % 2 == 1 for index in range(24)]))
-    assert {tuple(names) for names, _ in answers[0::2]} == {("masks",)}
-    assert {tuple(names) for names, _ in answers[1::2]} == {("masks_png",)}
+    answers: list = []
+
+    def send_all() -> None:
+        with ThreadPoolExecutor(12) as pool:  # a wave of JPEG requests, then one of raw ones
+            answers.extend(pool.map(send, [True] * 12))
+            answers.extend(pool.map(send, [False] * 12))
+
+    counted = counted_while(batching_triton.grpc_url, contract.model_name, send_all)
+    assert counted.requests == 24 and counted.executions <= 12  # they did share executions
+    assert {tuple(names) for names, _ in answers[:12]} == {("masks_png",)}
+    assert {tuple(names) for names, _ in answers[12:]} == {("masks",)}
     assert all(np.array_equal(mask, answers[0][1]) for _, mask in answers)  # the same pixels, one mask
 
 
@@ -176,14 +226,7 @@ def test_a_repository_without_the_codecs_serves_raw_frames_and_refuses_jpeg_ones
     """A copy holding only the model (a training run's fresh repository, an image without OpenCV):
     the model still loads and serves raw pixels, a JPEG sent to it anyway is refused saying why, and
     the SDK does not offer the wire (no ``<model>_jpeg``)."""
-    source, repository = default_repository(), tmp_path / "repository"
-    newest = versions(source / contract.model_name)[-1]
-    older = [str(v) for v in versions(source / contract.model_name) if v != newest]
-    ignore = shutil.ignore_patterns("__pycache__", *older)
-    shutil.copytree(
-        source / contract.model_name, repository / contract.model_name, symlinks=True, ignore=ignore
-    )
-    shutil.copy2(source / "onnx_runner.py", repository / "onnx_runner.py")
+    repository = copy_newest_version(contract.model_name, tmp_path / "repository")
     with TritonServer(
         repository=repository, models=(contract.model_name,), log_path=tmp_path / "t.log"
     ) as server:
@@ -235,6 +278,40 @@ def test_a_corrupt_or_truncated_frame_fails_alone_and_the_next_one_succeeds(trit
     assert "frame 0" in message and ("corrupt" in message or "truncated" in message)
     assert [isinstance(a, InferenceError) for a in answers] == [True, False, False, True, False, False]
     assert all(a.prediction.mask.shape == (height, width) for a in answers if not isinstance(a, Exception))
+
+
+def test_bad_frames_batched_with_good_ones_fail_alone(batching_triton, contract, frames):
+    good = encode_jpeg(frames[0])
+    mixed = [good[: len(good) // 2], good, good, good[: len(good) // 3], good, good]  # two truncated
+
+    def send(data: bytes) -> np.ndarray | InferenceServerException:
+        try:
+            return infer_once(
+                batching_triton.grpc_url, contract.model_name, "jpeg", jpeg_rows([data]), "masks_png"
+            )
+        except InferenceServerException as error:
+            return error
+
+    answers: list = []
+
+    def send_all() -> None:
+        with ThreadPoolExecutor(len(mixed)) as pool:
+            answers.extend(pool.map(send, mixed))
+
+    counted = counted_while(batching_triton.grpc_url, contract.model_name, send_all)
+    # (Triton's statistics count the python backend's error responses as answered requests too)
+    assert counted.executions < len(mixed)  # good and bad frames shared executions
+    assert [isinstance(a, InferenceServerException) for a in answers] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert all("truncated" in str(a) for a in answers if isinstance(a, InferenceServerException))
+    pngs = [bytes(a.ravel()[0]) for a in answers if not isinstance(a, InferenceServerException)]
+    assert len(set(pngs)) == 1  # the same frame, the same mask, whoever it was batched with
 
 
 def test_a_stream_over_the_wire_is_complete_in_order(triton, contract, frames):

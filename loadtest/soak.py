@@ -638,6 +638,11 @@ def soak(args: argparse.Namespace) -> dict:
         gateway, triton = embedded.gateway, embedded.triton
         print(f"embedded stack: gateway {gateway.url}, Triton {triton.grpc_url}", file=sys.stderr)
         models_loaded = loaded_models(triton.http_url)
+        # glibc's arenas decide whether freed memory shows in RSS (prodseg/stack.py GATEWAY_MALLOC_ENV).
+        malloc_arena_max = {
+            role: psutil.Process(pid).environ().get("MALLOC_ARENA_MAX", "glibc default")
+            for role, pid in (("tritonserver", triton.process.pid), ("gateway", gateway.process.pid))
+        }
 
         plan = measure_capacity(args, gateway.url, triton)
         print(
@@ -684,6 +689,7 @@ def soak(args: argparse.Namespace) -> dict:
             "locust_args": args.locust_arg,
             "folders": {name: str(folder) for name, folder in folders.items()},
             "models_loaded": models_loaded,
+            "malloc_arena_max": malloc_arena_max,
         },
         "load_plan": asdict(plan) | {"load_fraction": args.load_fraction, "ramp_fps": args.fps},
         "camera_report": _camera_report(args.work / "report.json"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -184,7 +185,5 @@ def test_the_embedded_gateway_starts_with_two_malloc_arenas(gateway):
     """glibc reads MALLOC_ARENA_MAX only when a process starts, so the setting the soak measured (the
     gateway's RSS flat under video jobs with it, +13% without) must be in the process's environment.
     A value the caller's environment sets wins."""
-    import os
-
     environment = Path(f"/proc/{gateway.process.pid}/environ").read_bytes().split(b"\0")
     assert f"MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', '2')}".encode() in environment

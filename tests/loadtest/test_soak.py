@@ -1,6 +1,7 @@
 """``python -m loadtest.soak``: the leak verdict on synthetic samples, and one short real soak."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -174,6 +175,7 @@ def test_a_one_minute_soak_samples_every_process_and_leaves_nothing_running(tmp_
     assert load["camera_frames"] > 0 and load["upload_jobs"] >= 1
     assert soak["summary"]["targets"]["zero_failed_requests"]["figure"] == 0, soak["errors"]
     assert soak["load_plan"]["capacity_frames_per_s"] > 0
+    assert soak["config"]["malloc_arena_max"]["gateway"] == os.environ.get("MALLOC_ARENA_MAX", "2")
     assert (tmp_path / "soak.png").stat().st_size > 0
 
     # Nothing is left running: every process sampled is gone, and so are Triton's shared-memory files.

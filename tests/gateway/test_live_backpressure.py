@@ -12,9 +12,9 @@ import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import pytest
 
+from clients.wire import encode_jpeg
 from datagen.shelves import render_scene
 from gateway.models import ModelCatalog
 from gateway.settings import GatewaySettings
@@ -53,8 +53,7 @@ class BurstSocket:
 
 
 def shelf_jpeg(seed: int) -> bytes:
-    scene = render_scene(seed, 384, 640).image
-    return cv2.imencode(".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))[1].tobytes()
+    return encode_jpeg(render_scene(seed, 384, 640).image)  # what a camera at the model's size sends
 
 
 async def serve(triton_url: str, data_dir, socket: BurstSocket) -> None:
